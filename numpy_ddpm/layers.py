@@ -1,0 +1,236 @@
+"""Layers with hand-written forward and backward passes.
+
+Each layer caches in `forward` what its `backward` needs. `backward(dy)` takes the gradient
+of the loss with respect to the layer's output and returns the gradient with respect to its
+input; gradients of parameters *accumulate* (`dw += ...`), as in micrograd and PyTorch, so
+call `zero_grad()` before each backward pass.
+
+Parameters follow PyTorch's shapes and initialisation (uniform in +-1/sqrt(fan_in) for weight
+and bias), so a model trains like the lecture's PyTorch code.
+"""
+
+import math
+
+from . import backend
+from .im2col import col2im, im2col, output_size
+
+
+def uniform(rng, bound, shape):
+    """U(-bound, bound) drawn on the host with `rng`, as a backend array of the working dtype."""
+    return backend.asarray(rng.uniform(-bound, bound, shape), dtype=backend.dtype)
+
+
+class Layer:
+    """Base class: no parameters, training mode on."""
+
+    param_names = {}        # attribute -> public name, e.g. {"w": "weight"}; gradient is "d" + attribute
+    training = True         # layers may keep more for backward while training
+
+    def parameters(self):
+        """Yield (name, param, grad) for each parameter: the live arrays, not copies."""
+        for attr, public_name in self.param_names.items():
+            yield public_name, getattr(self, attr), getattr(self, "d" + attr)
+
+    def zero_grad(self):
+        for _, _, grad in self.parameters():
+            grad[...] = 0
+
+
+class Linear(Layer):
+    """y = x w^T + b
+
+    x: (N, D_in)   w: (D_out, D_in)   b: (D_out,)   y: (N, D_out)
+    """
+
+    param_names = {"w": "weight", "b": "bias"}
+
+    def __init__(self, d_in, d_out, rng=None):
+        rng = rng if rng is not None else backend.host_rng()
+        bound = 1 / math.sqrt(d_in)
+        self.w = uniform(rng, bound, (d_out, d_in))
+        self.b = uniform(rng, bound, (d_out,))
+        self.dw = backend.xp.zeros_like(self.w)
+        self.db = backend.xp.zeros_like(self.b)
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.w.T + self.b
+
+    def backward(self, dy):
+        self.dw += dy.T @ self.x            # dL/dw = dy^T x     (D_out, D_in)
+        self.db += dy.sum(axis=0)           # dL/db = sum_n dy   (D_out,)
+        return dy @ self.w                  # dL/dx = dy w       (N, D_in)
+
+
+class ReLU(Layer):
+    """y = max(x, 0), any shape."""
+
+    def forward(self, x):
+        self.y = backend.xp.maximum(x, 0)
+        return self.y
+
+    def backward(self, dy):
+        return dy * (self.y > 0)            # dy/dx = 1 where x > 0, else 0
+
+
+class TimeAppender(Layer):
+    """Appends the time t to the input, as in the lecture.
+
+    x: (N, D)        -> (N, D + 1), t as one more column;
+    x: (N, C, H, W)  -> (N, C + 1, H, W), t as one more constant channel.
+    t: a Python float (the same time for the whole batch) or an array of shape (N,).
+    """
+
+    def forward(self, x, t):
+        xp = backend.xp
+        N = x.shape[0]
+        if isinstance(t, (int, float)):
+            t = xp.full((N,), t, dtype=x.dtype)
+        t = t.astype(x.dtype, copy=False).reshape((N, 1) + (1,) * (x.ndim - 2))
+        t = xp.broadcast_to(t, (N, 1) + x.shape[2:])                  # (N, 1, ...)
+        return xp.concatenate((x, t), axis=1)
+
+    def backward(self, dy):
+        return dy[:, :-1]                   # the time column carries no gradient to x
+
+
+class Conv2d(Layer):
+    """2-D convolution (a cross-correlation, as in PyTorch), stride 1, zero padding P.
+
+    x: (N, C, H, W)   w: (O, C, KH, KW)   b: (O,)   y: (N, O, OH, OW)
+    OH = H + 2*P - KH + 1,  OW = W + 2*P - KW + 1
+
+    Computed as im2col + one matrix product (see im2col.py for the layout). While training,
+    the column matrix is kept for the backward pass when it fits in `max_col_bytes`; above
+    that the batch is processed in chunks and the columns are rebuilt in backward, so working
+    memory stays bounded whatever the batch.
+    """
+
+    param_names = {"w": "weight", "b": "bias"}
+    max_col_bytes = 256 * 2**20
+
+    def __init__(self, c_in, c_out, kernel_size, padding=0, rng=None):
+        rng = rng if rng is not None else backend.host_rng()
+        self.KH = self.KW = kernel_size
+        self.P = padding
+        bound = 1 / math.sqrt(c_in * kernel_size * kernel_size)
+        self.w = uniform(rng, bound, (c_out, c_in, kernel_size, kernel_size))
+        self.b = uniform(rng, bound, (c_out,))
+        self.dw = backend.xp.zeros_like(self.w)
+        self.db = backend.xp.zeros_like(self.b)
+
+    def _chunks(self, x_shape):
+        """(n0, n1) ranges of the batch whose column matrices fit in max_col_bytes."""
+        N, C, H, W = x_shape
+        OH, OW = output_size(H, W, self.KH, self.KW, self.P)
+        bytes_per_image = C * self.KH * self.KW * OH * OW * self.w.itemsize
+        n = max(1, min(N, self.max_col_bytes // bytes_per_image))
+        return [(n0, min(n0 + n, N)) for n0 in range(0, N, n)]
+
+    def forward(self, x):
+        N, C, H, W = x.shape
+        O = self.w.shape[0]
+        OH, OW = output_size(H, W, self.KH, self.KW, self.P)
+        w = self.w.reshape(O, -1)                                         # (O, C*KH*KW)
+        y = backend.xp.empty((O, N, OH, OW), dtype=x.dtype)
+        chunks = self._chunks(x.shape)
+        for n0, n1 in chunks:
+            col = im2col(x[n0:n1], self.KH, self.KW, self.P)              # (C*KH*KW, n*OH*OW)
+            y[:, n0:n1] = (w @ col).reshape(O, n1 - n0, OH, OW)
+        y += self.b.reshape(O, 1, 1, 1)
+        self.x = x
+        self.col = col if self.training and len(chunks) == 1 else None
+        return y.transpose(1, 0, 2, 3)                                    # (N, O, OH, OW)
+
+    def backward(self, dy):
+        O = self.w.shape[0]
+        w = self.w.reshape(O, -1)                                         # (O, C*KH*KW)
+        dy = dy.transpose(1, 0, 2, 3)                                     # (O, N, OH, OW)
+        self.db += dy.sum(axis=(1, 2, 3))                                 # dL/db = sum over n, oh, ow
+        dx = backend.xp.empty(self.x.shape, dtype=dy.dtype)
+        for n0, n1 in self._chunks(self.x.shape):
+            col = self.col if self.col is not None else im2col(self.x[n0:n1], self.KH, self.KW, self.P)
+            dy_chunk = dy[:, n0:n1].reshape(O, -1)                        # (O, n*OH*OW)
+            self.dw += (dy_chunk @ col.T).reshape(self.dw.shape)          # dL/dw = dy col^T
+            dcol = w.T @ dy_chunk                                         # dL/dcol = w^T dy
+            dx[n0:n1] = col2im(dcol, self.x[n0:n1].shape, self.KH, self.KW, self.P)
+        self.col = None
+        return dx
+
+
+class Sequential(Layer):
+    """Layers applied in order. Extra arguments of `forward` (the time t) go to the first layer,
+    as in the lecture, where the model's input is the pair (x_t, t).
+
+    All parameters live in one flat buffer and all gradients in another (each layer's arrays
+    are views into them), so the optimiser, the EMA and `zero_grad` are a few whole-model
+    passes instead of one small pass per array.
+    """
+
+    def __init__(self, *layers):
+        self.layers = list(layers)
+        self.flat_params, self.flat_grads = self._flatten()
+
+    def _flatten(self):
+        xp = backend.xp
+        owned = [(layer, attr) for layer in self.layers for attr in layer.param_names]
+        size = sum(getattr(layer, attr).size for layer, attr in owned)
+        dtype = getattr(*owned[0]).dtype if owned else backend.dtype
+        flat_params = xp.empty(size, dtype=dtype)
+        flat_grads = xp.zeros(size, dtype=dtype)
+        offset = 0
+        for layer, attr in owned:
+            param = getattr(layer, attr)
+            view = flat_params[offset:offset + param.size].reshape(param.shape)
+            view[...] = param
+            setattr(layer, attr, view)
+            setattr(layer, "d" + attr, flat_grads[offset:offset + param.size].reshape(param.shape))
+            offset += param.size
+        return flat_params, flat_grads
+
+    def forward(self, x, *args):
+        x = self.layers[0].forward(x, *args)
+        for layer in self.layers[1:]:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def parameters(self):
+        """Yield ("<layer index>.<name>", param, grad), named as in a PyTorch state_dict."""
+        for index, layer in enumerate(self.layers):
+            for name, param, grad in layer.parameters():
+                yield f"{index}.{name}", param, grad
+
+    def flat_parameters(self):
+        """[(all parameters, all gradients)]: the two flat buffers, for Adam and the EMA."""
+        return [(self.flat_params, self.flat_grads)]
+
+    def zero_grad(self):
+        self.flat_grads[...] = 0
+
+    def train(self, mode=True):
+        """Training mode keeps what backward needs; `train(False)` (sampling) keeps less."""
+        for layer in self.layers:
+            layer.training = mode
+        return self
+
+
+class MSELoss:
+    """loss = mean((y - target)^2) over every element; backward gives dloss/dy."""
+
+    def forward(self, y, target):
+        self.diff = y - target
+        return (self.diff * self.diff).mean()
+
+    @staticmethod
+    def difference(y_plus, y_minus, target):
+        """loss(y_plus) - loss(y_minus), factored as mean((y+ - y-)(y+ + y- - 2 target)) so that
+        the finite differences of the gradient checks lose no digits to cancellation."""
+        return ((y_plus - y_minus) * (y_plus + y_minus - 2 * target)).mean()
+
+    def backward(self):
+        return self.diff * (2 / self.diff.size)     # d/dy mean((y - target)^2) = 2 (y - target) / size

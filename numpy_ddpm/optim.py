@@ -1,0 +1,73 @@
+"""Adam (Kingma & Ba, 2015, Algorithm 1) and the exponential moving average of the weights.
+
+Both work in place on a list of (param, grad) array pairs: pass `model.flat_parameters()`'s
+one pair of whole-model buffers, or the per-layer arrays of `model.parameters()`.
+"""
+
+from . import backend
+
+
+def adam_update(param, grad, m, v, t, lr, beta1, beta2, eps):
+    """One step of Adam on one array, in place; t is the step count, starting at 1."""
+    xp = backend.xp
+    m *= beta1
+    m += (1 - beta1) * grad                         # m_t = beta1 m_{t-1} + (1 - beta1) g_t
+    v *= beta2
+    v += (1 - beta2) * grad * grad                  # v_t = beta2 v_{t-1} + (1 - beta2) g_t^2
+    m_hat = m / (1 - beta1 ** t)                    # bias-corrected first moment
+    v_hat = v / (1 - beta2 ** t)                    # bias-corrected second moment
+    param -= lr * m_hat / (xp.sqrt(v_hat) + eps)    # theta_t = theta_{t-1} - lr m_hat / (sqrt(v_hat) + eps)
+
+
+class Adam:
+    """Adam with PyTorch's defaults. `reset()` forgets the moments and the step count, as
+    re-creating the optimiser at every epoch does in the lecture's code."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        self.params = [(param, grad) for param, grad in params]
+        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+        self.reset()
+
+    def reset(self):
+        self.t = 0
+        self.m = [backend.xp.zeros_like(param) for param, _ in self.params]
+        self.v = [backend.xp.zeros_like(param) for param, _ in self.params]
+
+    def step(self):
+        self.t += 1
+        update = backend.fused("adam_update", adam_update)
+        for (param, grad), m, v in zip(self.params, self.m, self.v):
+            update(param, grad, m, v, self.t, self.lr, self.beta1, self.beta2, self.eps)
+
+
+def ema_update(average, param, decay):
+    """average = decay * average + (1 - decay) * param, in place."""
+    average -= (1 - decay) * (average - param)
+
+
+class EMA:
+    """Exponential moving average of the weights (decay 0.9999 in the lecture).
+
+    `copy_to_model()` writes the averages into the model (what the lecture does at the end of
+    training); `swap()` exchanges weights and averages, so calling it twice restores both.
+    """
+
+    def __init__(self, params, decay=0.9999):
+        self.params = [param for param, _ in params]
+        self.averages = [param.copy() for param in self.params]
+        self.decay = decay
+
+    def update(self):
+        update = backend.fused("ema_update", ema_update)
+        for average, param in zip(self.averages, self.params):
+            update(average, param, self.decay)
+
+    def copy_to_model(self):
+        for average, param in zip(self.averages, self.params):
+            param[...] = average
+
+    def swap(self):
+        for average, param in zip(self.averages, self.params):
+            saved = param.copy()
+            param[...] = average
+            average[...] = saved

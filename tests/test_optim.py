@@ -1,0 +1,74 @@
+import numpy as np
+
+from numpy_ddpm import backend
+from numpy_ddpm.models import mlp
+from numpy_ddpm.optim import EMA, Adam
+
+from conftest import to_np
+
+
+def test_adam_three_steps_by_hand(xp_backend):
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(5).astype(np.float32)
+    grads = [rng.standard_normal(5).astype(np.float32) for _ in range(3)]
+    param, grad = backend.asarray(p0.copy()), backend.xp.zeros(5, dtype=np.float32)
+    adam = Adam([(param, grad)], lr=0.1, betas=(0.8, 0.9), eps=1e-3)
+    p, m, v = p0.astype(np.float64), np.zeros(5), np.zeros(5)
+    for t, g in enumerate(grads, start=1):
+        grad[...] = backend.asarray(g)
+        adam.step()
+        m = 0.8 * m + 0.2 * g
+        v = 0.9 * v + 0.1 * g * g
+        p = p - 0.1 * (m / (1 - 0.8 ** t)) / (np.sqrt(v / (1 - 0.9 ** t)) + 1e-3)
+        np.testing.assert_allclose(to_np(param), p, rtol=1e-5, atol=1e-6)
+    assert adam.t == 3
+    adam.reset()
+    assert adam.t == 0 and not np.any(to_np(adam.m[0]))
+
+
+def test_adam_finds_a_quadratic_minimum(xp_backend):
+    """f(p) = 1/2 (p - c)^T A (p - c), A diagonal: minimum at c."""
+    a = np.array([1.0, 4.0, 0.5, 2.0])
+    c = np.array([0.3, -1.2, 2.0, 0.0])
+    param, grad = backend.asarray(np.zeros(4)), backend.asarray(np.zeros(4))
+    adam = Adam([(param, grad)], lr=0.01)
+    for _ in range(5000):
+        grad[...] = backend.asarray(a) * (param - backend.asarray(c))
+        adam.step()
+    np.testing.assert_allclose(to_np(param), c, atol=1e-3)
+
+
+def test_adam_on_flat_buffer_equals_per_array():
+    """The model's one flat buffer and its per-layer arrays give the same Adam step."""
+    a, b = mlp(2, hidden=8, seed=3), mlp(2, hidden=8, seed=3)
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal(a.flat_grads.size).astype(np.float32)
+    opt_a = Adam(a.flat_parameters())
+    opt_b = Adam([(p, gr) for _, p, gr in b.parameters()])
+    for _ in range(3):
+        a.flat_grads[...] = g
+        b.flat_grads[...] = g
+        opt_a.step()
+        opt_b.step()
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
+
+
+def test_ema_formula(xp_backend):
+    rng = np.random.default_rng(2)
+    p0 = rng.standard_normal(6)
+    param = backend.asarray(p0.copy())
+    ema = EMA([(param, None)], decay=0.9)
+    expected = p0.copy()
+    for _ in range(4):
+        new = rng.standard_normal(6)
+        param[...] = backend.asarray(new)
+        ema.update()
+        expected = 0.9 * expected + 0.1 * new
+        np.testing.assert_allclose(to_np(ema.averages[0]), expected, rtol=1e-12)
+    current = to_np(param).copy()
+    ema.swap()
+    np.testing.assert_allclose(to_np(param), expected)
+    ema.swap()
+    np.testing.assert_allclose(to_np(param), current)
+    ema.copy_to_model()
+    np.testing.assert_allclose(to_np(param), expected)
