@@ -23,6 +23,7 @@ class BackendError(RuntimeError):
     """The backend that was asked for cannot run on this machine."""
 
 
+np = numpy                  # the host array module, for data files, metrics and plots
 xp = numpy                  # the array module in use: numpy, or cupy after use("cupy")
 name = "numpy"
 dtype = numpy.float32       # the working floating-point type

@@ -214,6 +214,7 @@ class Sequential(Layer):
 
     def train(self, mode=True):
         """Training mode keeps what backward needs; `train(False)` (sampling) keeps less."""
+        self.training = mode
         for layer in self.layers:
             layer.training = mode
         return self

@@ -1,0 +1,72 @@
+"""What the demos share: the common flags, the backend switch, and one-sentence errors."""
+
+import argparse
+import os
+import sys
+
+from . import backend
+
+
+class UserError(Exception):
+    """Something the user asked for cannot be done; its message is one sentence."""
+
+
+def common_parser(description, **defaults):
+    """The flags every demo has; `defaults` override the lecture's values."""
+    d = dict(nb_epochs=100, nb_samples=25000, batch_size=25, learning_rate=1e-3, ema_decay=0.9999,
+             seed=0, nb_generated=1000, out="runs/demo")
+    d.update(defaults)
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    parser.add_argument("--device", type=int, default=None, help="CUDA device number (cupy)")
+    parser.add_argument("--nb-epochs", type=int, default=d["nb_epochs"])
+    parser.add_argument("--nb-samples", type=int, default=d["nb_samples"], help="size of the training set")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"])
+    parser.add_argument("--learning-rate", type=float, default=d["learning_rate"])
+    parser.add_argument("--ema-decay", type=float, default=d["ema_decay"])
+    parser.add_argument("--reset-adam-each-epoch", action="store_true",
+                        help="re-create Adam at every epoch, as the lecture's code does")
+    parser.add_argument("--seed", type=int, default=d["seed"])
+    parser.add_argument("--nb-generated", type=int, default=d["nb_generated"])
+    parser.add_argument("--out", default=d["out"], help="directory for the plot, samples, checkpoint and log")
+    parser.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
+    parser.add_argument("--trajectory", action="store_true",
+                        help="also save the reverse process as a strip (t = 1000, 875, ..., 0) and a GIF")
+    parser.add_argument("--no-window", action="store_true", help="only write files, open no window")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def check_common(args):
+    for flag in ("nb_epochs", "nb_samples", "batch_size", "nb_generated"):
+        value = getattr(args, flag)
+        least = 0 if flag == "nb_epochs" else 1
+        if value < least:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least {least}, not {value}")
+    backend.use(args.backend, args.device)
+    os.makedirs(args.out, exist_ok=True)
+
+
+def run(main):
+    """Call main(); a user error becomes one line on stderr and exit status 2."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import ConfigError, TrainingStopped
+    try:
+        main()
+    except (UserError, backend.BackendError, DataError, CheckpointError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingStopped as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        sys.exit(130)
+
+
+def show_window(enabled):
+    """Open the figures in a window when asked and a display can show them."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    interactive = matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template")
+    if enabled and interactive and (os.environ.get("DISPLAY") or sys.platform in ("darwin", "win32")):
+        plt.show()

@@ -1,0 +1,52 @@
+"""One run of a demo: train (or resume), copy the EMA in, sample, and write the results."""
+
+import os
+
+from tqdm.auto import tqdm
+
+from . import backend, plots
+from .checkpoint import CheckpointError
+from .diffusion import generate
+from .schedule import Schedule
+from .train import TrainConfig, Trainer
+
+TRAJECTORY_EVERY = 5      # record x_t every that many steps for the GIF (and at the strip's times)
+
+
+def train_and_sample(args, x_host, model, meta, sample_shape):
+    """Train `model` on the host data x_host (N, ...) as args say, then draw args.nb_generated
+    samples. Returns (generated, trainer, frames) as host arrays in the data's own scale;
+    frames is [(t, x_t)] when args.trajectory, else []."""
+    np = backend.np
+    mean, std = float(x_host.mean()), float(x_host.std())
+    meta = {**meta, "mean": mean, "std": std}
+    schedule = Schedule()
+    config = TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
+                         reset_adam_each_epoch=args.reset_adam_each_epoch)
+    trainer = Trainer(model, schedule, config, meta)
+    if args.resume:
+        saved = trainer.load(args.resume)
+        if (saved["mean"], saved["std"]) != (mean, std):
+            raise CheckpointError(f"{args.resume} was trained on other data (mean {saved['mean']:.4g}, "
+                                  f"std {saved['std']:.4g}); pass the same --data, --nb-samples and --seed")
+    x_train = backend.asarray((x_host - mean) / std, dtype=backend.dtype)     # uploaded once
+    trainer.fit(x_train, checkpoint_path=os.path.join(args.out, "checkpoint.npz"),
+                log_path=os.path.join(args.out, "loss.csv"), progress=not args.no_progress)
+    trainer.finish()
+
+    frames = []
+
+    def record(t, x):
+        if t % TRAJECTORY_EVERY == 0 or t in plots.TRAJECTORY_TIMES:
+            frames.append((t, backend.to_numpy(x) * std + mean))
+
+    bar = None if args.no_progress else (lambda steps: tqdm(steps, desc="sampling", unit="step", dynamic_ncols=True))
+    rng = backend.default_rng(args.seed, 1_000_003)
+    x = generate(model, (args.nb_generated,) + sample_shape, schedule, rng, progress=bar,
+                 callback=record if args.trajectory else None)
+    generated = backend.to_numpy(x) * std + mean                               # one transfer back
+    np.save(os.path.join(args.out, "samples.npy"), generated)
+    if trainer.losses:
+        plots.loss_curve(trainer.losses, os.path.join(args.out, "loss.png"))
+    return generated, trainer, frames

@@ -1,0 +1,121 @@
+"""Figures of the demos (matplotlib, written to files; the demos may also show them)."""
+
+import os
+import sys
+
+import matplotlib
+
+if "DISPLAY" not in os.environ and sys.platform not in ("darwin", "win32"):
+    matplotlib.use("Agg")       # no screen: draw into files only
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import animation  # noqa: E402
+
+from . import backend  # noqa: E402
+
+TRAJECTORY_TIMES = [1000, 875, 750, 625, 500, 375, 250, 125, 0]
+
+
+def _draw_points(ax, data, generated, title=None):
+    """A histogram for 1-D data, a scatter plot for 2-D, training data in grey."""
+    np = backend.np
+    if data.shape[1] == 1:
+        low = min(data.min(), generated.min())
+        high = max(data.max(), generated.max())
+        bins = np.linspace(low, high, 100)
+        ax.hist(data[:, 0], bins, density=True, color="lightgray", label="training data")
+        ax.hist(generated[:, 0], bins, density=True, histtype="step", color="red", label="generated")
+    else:
+        ax.scatter(data[:, 0], data[:, 1], s=1, color="lightgray", label="training data", rasterized=True)
+        ax.scatter(generated[:, 0], generated[:, 1], s=2, color="red", label="generated", rasterized=True)
+        ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+
+
+def points(data, generated, path, title):
+    fig, ax = plt.subplots(figsize=(6, 6))
+    _draw_points(ax, data, generated, title)
+    ax.legend(loc="upper right", markerscale=4)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def loss_curve(losses, path):
+    fig, ax = plt.subplots(figsize=(6, 3))
+    steps, values = zip(*losses) if losses else ((), ())
+    ax.plot(steps, values)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (mean over the logging window)")
+    ax.set_yscale("log")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def image_grid(images, columns):
+    """(N, 1, H, W) images in [0, 1] -> one (rows*H, columns*W) array with 1-pixel gaps."""
+    np = backend.np
+    N, _, H, W = images.shape
+    rows = -(-N // columns)
+    grid = np.ones((rows * (H + 1) + 1, columns * (W + 1) + 1))
+    for k in range(N):
+        r, c = divmod(k, columns)
+        grid[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = images[k, 0]
+    return grid
+
+
+def images(train, generated, path, columns=16):
+    """The lecture's layout: training images on top, generated ones below, in [0, 1]."""
+    np = backend.np
+    fig, axes = plt.subplots(2, 1, figsize=(columns * 0.5, 2 + 2 * len(generated) / columns * 0.5))
+    for ax, batch, title in zip(axes, (train, generated), ("training images", "generated images")):
+        ax.imshow(image_grid(np.clip(batch, 0, 1), columns), cmap="gray_r", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def trajectory(frames, data, path_png, path_gif, as_images):
+    """The reverse process: a strip at t = 1000, 875, ..., 0 and a GIF of every recorded step.
+
+    frames: list of (t, host samples) in decreasing t, in the data's own scale."""
+    by_t = dict(frames)
+    strip = [t for t in TRAJECTORY_TIMES if t in by_t]
+    fig, axes = plt.subplots(1, len(strip), figsize=(2 * len(strip), 2.3))
+    for ax, t in zip(axes, strip):
+        draw_frame(ax, by_t[t], data, as_images, f"t = {t}")
+    fig.savefig(path_png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    gif_frames = frames[::max(1, len(frames) // 100)]
+    if gif_frames[-1] is not frames[-1]:
+        gif_frames.append(frames[-1])
+
+    def update(k):
+        ax.clear()
+        t, x = gif_frames[k]
+        draw_frame(ax, x, data, as_images, f"t = {t}")
+
+    movie = animation.FuncAnimation(fig, update, frames=len(gif_frames))
+    movie.save(path_gif, writer=animation.PillowWriter(fps=12))
+    plt.close(fig)
+
+
+def draw_frame(ax, x, data, as_images, title):
+    if as_images:
+        ax.imshow(image_grid(backend.np.clip(x[:16], 0, 1), 4), cmap="gray_r", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.axis("off")
+        ax.set_title(title)
+    elif x.shape[1] == 1:
+        _draw_points(ax, data, x, title)
+    else:
+        _draw_points(ax, data, x, title)
+        lim = 1.5 * backend.np.abs(data).max()
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_xticks([])
+        ax.set_yticks([])

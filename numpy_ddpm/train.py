@@ -1,0 +1,166 @@
+"""The training loop: epochs of Algorithm 1 over a shuffled data set, with Adam, the EMA of the
+weights, a progress bar, a loss log and checkpoints that resume a run exactly."""
+
+import dataclasses
+import math
+import os
+import signal
+
+from tqdm.auto import tqdm
+
+from . import backend, checkpoint
+from .diffusion import train_step
+from .optim import EMA, Adam
+
+
+class ConfigError(ValueError):
+    """A training setting out of its range."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped early (Ctrl-C or a non-finite loss); the message says what was kept."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    nb_epochs: int = 100
+    batch_size: int = 25
+    learning_rate: float = 1e-3
+    ema_decay: float = 0.9999
+    seed: int = 0
+    reset_adam_each_epoch: bool = False   # the lecture's code re-creates Adam at every epoch
+    log_every: int = 100                  # read the loss every that many steps (a device sync)
+
+    def check(self):
+        if self.nb_epochs < 0:
+            raise ConfigError(f"the number of epochs must be 0 or more, not {self.nb_epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"the batch size must be at least 1, not {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"the learning rate must be positive, not {self.learning_rate}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"the EMA decay must be in [0, 1), not {self.ema_decay}")
+
+
+class Trainer:
+    """Holds the model, Adam, the EMA and the step count; `fit` runs the epochs.
+
+    `meta` (a JSON-able dict: model and data description, mean and std) is stored in every
+    checkpoint, and a checkpoint whose meta["model"] differs is refused at load.
+    """
+
+    def __init__(self, model, schedule, config, meta=None):
+        config.check()
+        self.model, self.schedule, self.config = model, schedule, config
+        self.meta = dict(meta or {})
+        self.optimizer = Adam(model.flat_parameters(), lr=config.learning_rate)
+        self.ema = EMA(model.flat_parameters(), decay=config.ema_decay)
+        self.step = 0
+        self.losses = []      # (step, mean loss since the previous entry)
+        self._logged = 0      # how many of them the log file has
+
+    # Checkpoints -------------------------------------------------------------------------
+
+    def state(self):
+        arrays = {"params": self.model.flat_params, "ema": self.ema.averages[0],
+                  "adam_m": self.optimizer.m[0], "adam_v": self.optimizer.v[0]}
+        meta = {**self.meta, "step": self.step, "adam_t": self.optimizer.t,
+                "config": dataclasses.asdict(self.config)}
+        return arrays, meta
+
+    def save(self, path):
+        arrays, meta = self.state()
+        checkpoint.save(path, arrays, meta)
+
+    def load(self, path):
+        arrays, meta = checkpoint.load(path)
+        if meta.get("model") != self.meta.get("model"):
+            raise checkpoint.CheckpointError(
+                f"{path} holds a different model ({meta.get('model')}), not {self.meta.get('model')}")
+        if arrays["params"].shape != self.model.flat_params.shape:
+            raise checkpoint.CheckpointError(f"{path} does not match this model's parameter count")
+        self.model.flat_params[...] = backend.asarray(arrays["params"])
+        self.ema.averages[0][...] = backend.asarray(arrays["ema"])
+        self.optimizer.m[0][...] = backend.asarray(arrays["adam_m"])
+        self.optimizer.v[0][...] = backend.asarray(arrays["adam_v"])
+        self.optimizer.t = meta["adam_t"]
+        self.step = meta["step"]
+        return meta
+
+    # Training ----------------------------------------------------------------------------
+
+    def fit(self, x_train, checkpoint_path=None, log_path=None, progress=True, max_steps=None):
+        """Train on x_train (N, ...), a standardised backend array, up to config.nb_epochs
+        epochs (or `max_steps` in all). Resumes from self.step: epoch k's shuffle and noise come
+        from generators seeded by (seed, k), so a resumed run draws what an uninterrupted one
+        would have. Ctrl-C saves a checkpoint and raises TrainingStopped."""
+        config, N = self.config, x_train.shape[0]
+        steps_per_epoch = math.ceil(N / config.batch_size)
+        total = config.nb_epochs * steps_per_epoch if max_steps is None else max_steps
+        if log_path and (self.step == 0 or not os.path.exists(log_path)):
+            with open(log_path, "w") as file:      # a new run starts a new log; a resumed one appends
+                file.write("step,loss\n")
+        interrupted = []
+        previous_handler = _catch_sigint(interrupted)
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not progress,
+                   desc="training", unit="step", dynamic_ncols=True)
+        running, count = 0.0, 0
+        try:
+            while self.step < total:
+                epoch, offset = divmod(self.step, steps_per_epoch)
+                order = backend.asarray(backend.host_rng(config.seed, epoch).permutation(N))
+                rng = backend.default_rng(config.seed, epoch)
+                if config.reset_adam_each_epoch and offset == 0:
+                    self.optimizer.reset()
+                for _ in range(offset):            # resuming mid-epoch: replay the draws made
+                    _skip_draws(rng, x_train, config.batch_size, self.schedule)
+                for k in range(offset, steps_per_epoch):
+                    x0 = x_train[order[k * config.batch_size:(k + 1) * config.batch_size]]
+                    loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema)
+                    running, count = running + loss, count + 1
+                    self.step += 1
+                    bar.update(1)
+                    if count == config.log_every or self.step == total or interrupted:
+                        mean_loss = float(running) / count       # one device sync
+                        running, count = 0.0, 0
+                        if not math.isfinite(mean_loss):
+                            kept = f"the last good checkpoint is {checkpoint_path}" if checkpoint_path else "nothing was saved"
+                            raise TrainingStopped(f"the loss became {mean_loss} at step {self.step}; {kept}")
+                        self.losses.append((self.step, mean_loss))
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
+                    if interrupted:
+                        self._save_all(checkpoint_path, log_path)
+                        where = f"saved to {checkpoint_path}" if checkpoint_path else "not saved (no path)"
+                        raise TrainingStopped(f"interrupted at step {self.step}; checkpoint {where}")
+                    if self.step == total:
+                        break
+                self._save_all(checkpoint_path, log_path)
+        finally:
+            bar.close()
+            signal.signal(signal.SIGINT, previous_handler)
+        return self.losses
+
+    def _save_all(self, checkpoint_path, log_path):
+        if checkpoint_path:
+            self.save(checkpoint_path)
+        if log_path:
+            with open(log_path, "a") as file:
+                file.writelines(f"{step},{loss:.6f}\n" for step, loss in self.losses[self._logged:])
+            self._logged = len(self.losses)
+
+    def finish(self):
+        """Copy the EMA weights into the model, as the lecture does after training."""
+        self.ema.copy_to_model()
+
+
+def _skip_draws(rng, x_train, batch_size, schedule):
+    rng.integers(0, schedule.T, size=batch_size)
+    rng.standard_normal((batch_size,) + x_train.shape[1:], dtype=x_train.dtype)
+
+
+def _catch_sigint(flag):
+    """Turn Ctrl-C into a flag checked between steps, so no step is left half done."""
+    try:
+        return signal.signal(signal.SIGINT, lambda signum, frame: flag.append(signum))
+    except ValueError:      # not the main thread: leave Ctrl-C alone
+        return signal.getsignal(signal.SIGINT)
