@@ -1,0 +1,157 @@
+"""Training end to end: a short run learns, checkpoints resume exactly, the demo runs."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from numpy_ddpm import backend, data, metrics
+from numpy_ddpm.checkpoint import CheckpointError
+from numpy_ddpm.diffusion import generate
+from numpy_ddpm.models import mlp
+from numpy_ddpm.schedule import Schedule
+from numpy_ddpm.train import ConfigError, TrainConfig, Trainer, TrainingStopped
+
+from conftest import to_np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def distance_after(trainer, x_host, name, mean, std):
+    x = generate(trainer.model, (2000, 2), trainer.schedule, backend.default_rng(7))
+    return metrics.distance_to_data(to_np(x) * std + mean, name)
+
+
+def test_short_training_run_learns_the_distribution():
+    x_host, mean, std = data.standardise(data.toy("two_discs", 8000, seed=1))
+    x = backend.asarray(x_host)
+    config = TrainConfig(nb_epochs=12, batch_size=32, ema_decay=0.99, seed=1)
+    trainer = Trainer(mlp(2, hidden=128, seed=1), Schedule(), config)
+    before, floor = distance_after(trainer, x_host, "two_discs", mean, std)
+    trainer.fit(x, progress=False)
+    trainer.finish()
+    after, _ = distance_after(trainer, x_host, "two_discs", mean, std)
+    assert after < 0.1 * before and after < 4 * floor, (before, after, floor)
+    losses = [loss for _, loss in trainer.losses]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def make_trainer(seed=2):
+    config = TrainConfig(nb_epochs=3, batch_size=10, seed=seed, log_every=7)
+    return Trainer(mlp(2, hidden=16, seed=seed), Schedule(), config, meta={"model": "mlp16"})
+
+
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
+    x = backend.asarray(data.standardise(data.toy("spiral", 95, seed=3))[0])   # 10 steps an epoch
+    full = make_trainer()
+    full.fit(x, progress=False)
+
+    first = make_trainer()
+    first.fit(x, checkpoint_path=str(tmp_path / "c.npz"), progress=False, max_steps=13)  # mid-epoch
+    resumed = make_trainer()
+    resumed.load(str(tmp_path / "c.npz"))
+    assert resumed.step == 13
+    resumed.fit(x, progress=False)
+    assert resumed.step == full.step == 30
+    np.testing.assert_array_equal(to_np(resumed.model.flat_params), to_np(full.model.flat_params))
+    np.testing.assert_array_equal(to_np(resumed.ema.averages[0]), to_np(full.ema.averages[0]))
+    np.testing.assert_array_equal(to_np(resumed.optimizer.v[0]), to_np(full.optimizer.v[0]))
+    assert resumed.optimizer.t == full.optimizer.t
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    x = backend.asarray(data.standardise(data.toy("spiral", 40, seed=3))[0])
+    trainer = make_trainer()
+    path = str(tmp_path / "c.npz")
+    trainer.fit(x, checkpoint_path=path, progress=False, max_steps=4)
+    blob = open(path, "rb").read()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="truncated or foreign"):
+        make_trainer().load(str(truncated))
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    with pytest.raises(CheckpointError):
+        make_trainer().load(str(foreign))
+    other = Trainer(mlp(2, hidden=8), Schedule(), TrainConfig(), meta={"model": "mlp8"})
+    with pytest.raises(CheckpointError, match="different model"):
+        other.load(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        make_trainer().load(str(tmp_path / "missing.npz"))
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    x = backend.asarray(data.standardise(data.toy("spiral", 100, seed=3))[0])
+    trainer = make_trainer()
+    path = str(tmp_path / "c.npz")
+    trainer.fit(x, checkpoint_path=path, progress=False, max_steps=10)
+    good = open(path, "rb").read()
+    trainer.model.flat_params[0] = np.nan
+    with pytest.raises(TrainingStopped, match="last good checkpoint"):
+        trainer.fit(x, checkpoint_path=path, progress=False)
+    assert open(path, "rb").read() == good
+
+
+def test_bad_settings():
+    with pytest.raises(ConfigError, match="batch size"):
+        TrainConfig(batch_size=0).check()
+    with pytest.raises(data.DataError, match="choose one of: gaussian_mixture, ramp"):
+        data.toy("nope", 10)
+
+
+@pytest.mark.parametrize("name", sorted(data.TOY))
+def test_toy_sets(name):
+    x = data.toy(name, 500, seed=0)
+    assert x.dtype == np.float32 and x.shape == (500, 1 if name in ("gaussian_mixture", "ramp") else 2)
+    np.testing.assert_array_equal(x, data.toy(name, 500, seed=0))
+    assert not np.array_equal(x, data.toy(name, 500, seed=1))
+    d, floor = metrics.distance_to_data(x, name)
+    assert d < 3 * floor                 # a draw of the data is as close as another draw
+
+
+def test_metric_floor_and_known_distances():
+    a = np.array([[0.0], [1.0], [2.0]])
+    assert metrics.wasserstein_1d(a, a + 0.5) == pytest.approx(0.5)
+    assert metrics.wasserstein_1d(np.array([0.0, 1.0]), np.array([0.0, 0.0, 1.0, 1.0])) == pytest.approx(0.0)
+    shifted = data.toy("spiral", 2000) + np.float32(0.3)
+    d, floor = metrics.distance_to_data(shifted, "spiral")
+    assert d > 5 * floor
+
+
+def run_demo(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "demos", script), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_toy_demo_end_to_end(tmp_path):
+    out = str(tmp_path / "run")
+    result = run_demo("toy2d.py", "--data", "gaussian_mixture", "--nb-samples", "200", "--nb-epochs", "1",
+                      "--nb-generated", "50", "--out", out, "--no-window", "--no-progress", "--trajectory")
+    assert result.returncode == 0, result.stderr
+    for name in ("toy.png", "samples.npy", "checkpoint.npz", "loss.csv", "trajectory.png", "trajectory.gif"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    assert np.load(os.path.join(out, "samples.npy")).shape == (50, 1)
+    assert "distance / floor" in result.stdout
+    resumed = run_demo("toy2d.py", "--data", "gaussian_mixture", "--nb-samples", "200", "--nb-epochs", "2",
+                       "--nb-generated", "50", "--out", out, "--no-window", "--no-progress",
+                       "--resume", os.path.join(out, "checkpoint.npz"))
+    assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--data", "nope"], "unknown data set 'nope'"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--backend", "cupy"], "cupy"),
+])
+def test_toy_demo_user_errors(tmp_path, args, expected):
+    if args[0] == "--backend":
+        from conftest import CUPY_SKIP
+        if CUPY_SKIP is None:
+            pytest.skip("cupy and a GPU are present: --backend cupy works here")
+    result = run_demo("toy2d.py", *args, "--out", str(tmp_path), "--no-window")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
