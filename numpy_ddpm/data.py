@@ -121,3 +121,156 @@ def standardise(x):
     returns (standardised x, mean, std)."""
     mean, std = float(x.mean()), float(x.std())
     return (x - mean) / std, mean, std
+
+
+# Images ------------------------------------------------------------------------------------
+#
+# Images are float32 arrays (N, 1, H, W) with pixels in [0, 1]; the training code standardises
+# them by their mean and std, as in the lecture.
+
+IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+MNIST_FILES = {   # file -> SHA-256
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+FASHION_MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+IMAGE_SETS = {
+    "mnist": (MNIST_FILES, ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+                            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                            "http://yann.lecun.com/exdb/mnist/"]),
+    "fashion_mnist": (FASHION_MNIST_FILES, ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                                            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"]),
+}
+
+
+def read_idx(path):
+    """Parse an IDX file (gzipped or not): magic 0x0000TTDD (T the type, D the number of
+    dimensions), D big-endian int32 sizes, then the data. Returns a host array."""
+    import gzip
+    np = backend.np
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open if gzipped else open)(path, "rb") as file:
+            blob = file.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path} is not a readable IDX file ({error})") from None
+    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in IDX_TYPES:
+        raise DataError(f"{path} is not an IDX file (wrong magic number)")
+    dims = blob[3]
+    if len(blob) < 4 + 4 * dims:
+        raise DataError(f"{path} is truncated (its header is incomplete)")
+    shape = tuple(int(d) for d in np.frombuffer(blob, ">i4", dims, 4))
+    dtype = np.dtype(IDX_TYPES[blob[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(blob) - 4 - 4 * dims != expected:
+        raise DataError(f"{path} is truncated or padded: {len(blob) - 4 - 4 * dims} bytes of data "
+                        f"for a shape {shape} that needs {expected}")
+    return np.frombuffer(blob, dtype, offset=4 + 4 * dims).reshape(shape)
+
+
+def sha256(path):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url, path, expected_sha256, timeout=30):
+    """Fetch url into path: written under a temporary name, checked, then renamed, so a
+    failed or corrupt download leaves nothing behind."""
+    import os
+    import urllib.request
+    temporary = f"{path}.part-{os.getpid()}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(temporary, "wb") as file:
+            while block := response.read(1 << 20):
+                file.write(block)
+        if sha256(temporary) != expected_sha256:
+            raise DataError(f"the file downloaded from {url} does not have the expected SHA-256 checksum")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def default_cache_dir():
+    import os
+    return os.environ.get("NUMPY_DDPM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "numpy-ddpm"))
+
+
+def fetch_image_set(name, data_dir=None, cache_dir=None, mirrors=None):
+    """The directory that holds the four IDX files of `name` ("mnist" or "fashion_mnist"):
+    `data_dir` if given (files used as they are), else the cache, downloading what is missing
+    from the mirrors in turn, each file checked against its SHA-256."""
+    import os
+    import urllib.error
+    files, default_mirrors = IMAGE_SETS[name]
+    if data_dir is not None:
+        missing = [f for f in files if not os.path.exists(os.path.join(data_dir, f))
+                   and not os.path.exists(os.path.join(data_dir, f[:-3]))]
+        if missing:
+            raise DataError(f"{data_dir} lacks {', '.join(missing)} (gzipped or not)")
+        return data_dir
+    directory = os.path.join(cache_dir or default_cache_dir(), name)
+    os.makedirs(directory, exist_ok=True)
+    for file, checksum in files.items():
+        path = os.path.join(directory, file)
+        if os.path.exists(path):
+            continue
+        errors = []
+        for mirror in mirrors or default_mirrors:
+            try:
+                download(mirror + file, path, checksum)
+                break
+            except (urllib.error.URLError, OSError, DataError) as error:
+                errors.append(f"{mirror}: {getattr(error, 'reason', error)}")
+        else:
+            raise DataError(f"{name} is not on disk and could not be downloaded ({'; '.join(errors)}); "
+                            f"pass --data-dir with the IDX files, or use --data digits offline")
+    return directory
+
+
+def idx_images(name, n=None, data_dir=None, cache_dir=None, mirrors=None):
+    """The first n training images of MNIST or Fashion-MNIST, (n, 1, 28, 28) in [0, 1]."""
+    import os
+    directory = fetch_image_set(name, data_dir, cache_dir, mirrors)
+    path = os.path.join(directory, "train-images-idx3-ubyte.gz")
+    if not os.path.exists(path):
+        path = path[:-3]
+    images = read_idx(path)
+    if images.ndim != 3:
+        raise DataError(f"{path} holds arrays of shape {images.shape}, not a stack of images")
+    images = images[:n] if n else images
+    return (images.astype(backend.np.float32) / 255)[:, None]
+
+
+def digits(n=None):
+    """The 1797 8x8 handwritten digits that ship inside scikit-learn, (n, 1, 8, 8) in [0, 1]."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("the digits data set needs scikit-learn: pip install 'numpy-ddpm[digits]'") from None
+    images = load_digits().images.astype(backend.np.float32) / 16
+    return images[:n, None] if n else images[:, None]
+
+
+IMAGES = ("digits", "mnist", "fashion_mnist")
+
+
+def images(name, n=None, data_dir=None, cache_dir=None):
+    if name == "digits":
+        return digits(n)
+    if name in IMAGE_SETS:
+        return idx_images(name, n, data_dir, cache_dir)
+    raise DataError(f"unknown image data set {name!r}; choose one of: {', '.join(IMAGES)}")
