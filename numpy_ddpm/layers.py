@@ -51,15 +51,16 @@ class Linear(Layer):
         self.b = uniform(rng, bound, (d_out,))
         self.dw = backend.xp.zeros_like(self.w)
         self.db = backend.xp.zeros_like(self.b)
+        self.scratch = backend.xp.empty_like(self.w)   # for dy^T x: no fresh (D_out, D_in) array per step
 
     def forward(self, x):
         self.x = x
         return x @ self.w.T + self.b
 
     def backward(self, dy):
-        self.dw += dy.T @ self.x            # dL/dw = dy^T x     (D_out, D_in)
-        self.db += dy.sum(axis=0)           # dL/db = sum_n dy   (D_out,)
-        return dy @ self.w                  # dL/dx = dy w       (N, D_in)
+        self.dw += backend.xp.matmul(dy.T, self.x, out=self.scratch)    # dL/dw = dy^T x  (D_out, D_in)
+        self.db += dy.sum(axis=0)                                       # dL/db = sum_n dy (D_out,)
+        return dy @ self.w                                              # dL/dx = dy w     (N, D_in)
 
 
 class ReLU(Layer):

@@ -19,6 +19,24 @@ def adam_update(param, grad, m, v, t, lr, beta1, beta2, eps):
     param -= lr * m_hat / (xp.sqrt(v_hat) + eps)    # theta_t = theta_{t-1} - lr m_hat / (sqrt(v_hat) + eps)
 
 
+def adam_update_in_place(param, grad, m, v, t, lr, beta1, beta2, eps, a, b):
+    """`adam_update` with the same operations in the same order, through two scratch arrays
+    a and b instead of temporaries: bitwise the same result, several times faster on numpy,
+    where every whole-model temporary costs fresh pages from the allocator."""
+    xp = backend.xp
+    m *= beta1
+    m += xp.multiply(grad, 1 - beta1, out=a)                    # m = beta1 m + (1 - beta1) g
+    v *= beta2
+    xp.multiply(grad, 1 - beta2, out=a)
+    v += xp.multiply(a, grad, out=a)                            # v = beta2 v + (1 - beta2) g^2
+    xp.divide(m, 1 - beta1 ** t, out=a)                         # a = m_hat
+    xp.divide(v, 1 - beta2 ** t, out=b)                         # b = v_hat
+    xp.sqrt(b, out=b)
+    b += eps                                                    # b = sqrt(v_hat) + eps
+    xp.multiply(a, lr, out=a)
+    param -= xp.divide(a, b, out=a)                             # param -= lr m_hat / (sqrt(v_hat) + eps)
+
+
 class Adam:
     """Adam with PyTorch's defaults. `reset()` forgets the moments and the step count, as
     re-creating the optimiser at every epoch does in the lecture's code."""
@@ -26,6 +44,7 @@ class Adam:
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         self.params = [(param, grad) for param, grad in params]
         self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
+        self.scratch = [(backend.xp.empty_like(p), backend.xp.empty_like(p)) for p, _ in self.params]
         self.reset()
 
     def reset(self):
@@ -35,14 +54,24 @@ class Adam:
 
     def step(self):
         self.t += 1
-        update = backend.fused("adam_update", adam_update)
-        for (param, grad), m, v in zip(self.params, self.m, self.v):
-            update(param, grad, m, v, self.t, self.lr, self.beta1, self.beta2, self.eps)
+        fused = backend.fused("adam_update", None)
+        for (param, grad), m, v, (a, b) in zip(self.params, self.m, self.v, self.scratch):
+            args = (param, grad, m, v, self.t, self.lr, self.beta1, self.beta2, self.eps)
+            if fused is not None:
+                fused(*args)
+            else:
+                adam_update_in_place(*args, a, b)
 
 
 def ema_update(average, param, decay):
     """average = decay * average + (1 - decay) * param, in place."""
     average -= (1 - decay) * (average - param)
+
+
+def ema_update_in_place(average, param, decay, a):
+    """`ema_update` through the scratch array a: the same operations, no temporaries."""
+    backend.xp.subtract(average, param, out=a)
+    average -= backend.xp.multiply(a, 1 - decay, out=a)
 
 
 class EMA:
@@ -55,12 +84,16 @@ class EMA:
     def __init__(self, params, decay=0.9999):
         self.params = [param for param, _ in params]
         self.averages = [param.copy() for param in self.params]
+        self.scratch = [backend.xp.empty_like(param) for param in self.params]
         self.decay = decay
 
     def update(self):
-        update = backend.fused("ema_update", ema_update)
-        for average, param in zip(self.averages, self.params):
-            update(average, param, self.decay)
+        fused = backend.fused("ema_update", None)
+        for average, param, a in zip(self.averages, self.params, self.scratch):
+            if fused is not None:
+                fused(average, param, self.decay)
+            else:
+                ema_update_in_place(average, param, self.decay, a)
 
     def copy_to_model(self):
         for average, param in zip(self.averages, self.params):
