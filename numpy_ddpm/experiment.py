@@ -13,7 +13,7 @@ from .train import TrainConfig, Trainer
 TRAJECTORY_EVERY = 5      # record x_t every that many steps for the GIF (and at the strip's times)
 
 
-def train_and_sample(args, x_host, model, meta, sample_shape):
+def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None):
     """Train `model` on the host data x_host (N, ...) as args say, then draw args.nb_generated
     samples. Returns (generated, trainer, frames) as host arrays in the data's own scale;
     frames is [(t, x_t)] when args.trajectory, else []."""
@@ -23,7 +23,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape):
     schedule = Schedule()
     config = TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
-                         reset_adam_each_epoch=args.reset_adam_each_epoch)
+                         reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads)
     trainer = Trainer(model, schedule, config, meta)
     if args.resume:
         saved = trainer.load(args.resume)

@@ -30,6 +30,7 @@ class TrainConfig:
     seed: int = 0
     reset_adam_each_epoch: bool = False   # the lecture's code re-creates Adam at every epoch
     log_every: int = 100                  # read the loss every that many steps (a device sync)
+    blas_threads: int | None = None       # CPU BLAS threads while training (None: the default)
 
     def check(self):
         if self.nb_epochs < 0:
@@ -104,41 +105,47 @@ class Trainer:
         previous_handler = _catch_sigint(interrupted)
         bar = tqdm(total=total, initial=min(self.step, total), disable=not progress,
                    desc="training", unit="step", dynamic_ncols=True)
-        running, count = 0.0, 0
         try:
-            while self.step < total:
-                epoch, offset = divmod(self.step, steps_per_epoch)
-                order = backend.asarray(backend.host_rng(config.seed, epoch).permutation(N))
-                rng = backend.default_rng(config.seed, epoch)
-                if config.reset_adam_each_epoch and offset == 0:
-                    self.optimizer.reset()
-                for _ in range(offset):            # resuming mid-epoch: replay the draws made
-                    _skip_draws(rng, x_train, config.batch_size, self.schedule)
-                for k in range(offset, steps_per_epoch):
-                    x0 = x_train[order[k * config.batch_size:(k + 1) * config.batch_size]]
-                    loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema)
-                    running, count = running + loss, count + 1
-                    self.step += 1
-                    bar.update(1)
-                    if count == config.log_every or self.step == total or interrupted:
-                        mean_loss = float(running) / count       # one device sync
-                        running, count = 0.0, 0
-                        if not math.isfinite(mean_loss):
-                            kept = f"the last good checkpoint is {checkpoint_path}" if checkpoint_path else "nothing was saved"
-                            raise TrainingStopped(f"the loss became {mean_loss} at step {self.step}; {kept}")
-                        self.losses.append((self.step, mean_loss))
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
-                    if interrupted:
-                        self._save_all(checkpoint_path, log_path)
-                        where = f"saved to {checkpoint_path}" if checkpoint_path else "not saved (no path)"
-                        raise TrainingStopped(f"interrupted at step {self.step}; checkpoint {where}")
-                    if self.step == total:
-                        break
-                self._save_all(checkpoint_path, log_path)
+            with backend.blas_threads(self.config.blas_threads):
+                self._run(x_train, total, bar, interrupted, checkpoint_path, log_path)
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
         return self.losses
+
+    def _run(self, x_train, total, bar, interrupted, checkpoint_path, log_path):
+        config, N = self.config, x_train.shape[0]
+        steps_per_epoch = math.ceil(N / config.batch_size)
+        running, count = 0.0, 0
+        while self.step < total:
+            epoch, offset = divmod(self.step, steps_per_epoch)
+            order = backend.asarray(backend.host_rng(config.seed, epoch).permutation(N))
+            rng = backend.default_rng(config.seed, epoch)
+            if config.reset_adam_each_epoch and offset == 0:
+                self.optimizer.reset()
+            for _ in range(offset):            # resuming mid-epoch: replay the draws made
+                _skip_draws(rng, x_train, config.batch_size, self.schedule)
+            for k in range(offset, steps_per_epoch):
+                x0 = x_train[order[k * config.batch_size:(k + 1) * config.batch_size]]
+                loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema)
+                running, count = running + loss, count + 1
+                self.step += 1
+                bar.update(1)
+                if count == config.log_every or self.step == total or interrupted:
+                    mean_loss = float(running) / count       # one device sync
+                    running, count = 0.0, 0
+                    if not math.isfinite(mean_loss):
+                        kept = f"the last good checkpoint is {checkpoint_path}" if checkpoint_path else "nothing was saved"
+                        raise TrainingStopped(f"the loss became {mean_loss} at step {self.step}; {kept}")
+                    self.losses.append((self.step, mean_loss))
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
+                if interrupted:
+                    self._save_all(checkpoint_path, log_path)
+                    where = f"saved to {checkpoint_path}" if checkpoint_path else "not saved (no path)"
+                    raise TrainingStopped(f"interrupted at step {self.step}; checkpoint {where}")
+                if self.step == total:
+                    break
+            self._save_all(checkpoint_path, log_path)
 
     def _save_all(self, checkpoint_path, log_path):
         if checkpoint_path:

@@ -2,7 +2,7 @@ import numpy as np
 
 from numpy_ddpm import backend
 from numpy_ddpm.models import mlp
-from numpy_ddpm.optim import EMA, Adam
+from numpy_ddpm.optim import EMA, Adam, adam_update, adam_update_in_place, ema_update, ema_update_in_place
 
 from conftest import to_np
 
@@ -72,3 +72,22 @@ def test_ema_formula(xp_backend):
     np.testing.assert_allclose(to_np(param), current)
     ema.copy_to_model()
     np.testing.assert_allclose(to_np(param), expected)
+
+
+def test_in_place_versions_equal_the_reference_bitwise(xp_backend):
+    rng = np.random.default_rng(3)
+    def arrays():
+        return [backend.asarray(rng.standard_normal(1000).astype(np.float32)) for _ in range(4)]
+    p, g, m, v = arrays()
+    v = abs(v)
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    scratch = backend.xp.empty_like(p), backend.xp.empty_like(p)
+    for t in (1, 2, 30):
+        adam_update(p, g, m, v, t, 1e-3, 0.9, 0.999, 1e-8)
+        adam_update_in_place(p2, g, m2, v2, t, 1e-3, 0.9, 0.999, 1e-8, *scratch)
+        np.testing.assert_array_equal(to_np(p), to_np(p2))
+        np.testing.assert_array_equal(to_np(v), to_np(v2))
+    average, average2 = p.copy(), p.copy()
+    ema_update(average, g, 0.99)
+    ema_update_in_place(average2, g, 0.99, scratch[0])
+    np.testing.assert_array_equal(to_np(average), to_np(average2))

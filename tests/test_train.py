@@ -155,3 +155,23 @@ def test_toy_demo_user_errors(tmp_path, args, expected):
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "demos", "toy2d.py"), "--nb-epochs", "1000",
+                                "--nb-samples", "500", "--out", str(out), "--no-window", "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "loss.csv").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("stopped: interrupted at step")
+    from numpy_ddpm import checkpoint
+    _, meta = checkpoint.load(str(out / "checkpoint.npz"))
+    assert meta["step"] > 0 and meta["step"] == int(stderr.split("interrupted at step ")[1].split(";")[0])
