@@ -29,20 +29,21 @@ name = "numpy"
 dtype = numpy.float32       # the working floating-point type
 use_fused = True            # use registered fused kernels when the backend provides them
 _fused_kernels = {}         # name -> fast version of a reference function, per backend
+_device_random = None       # the generator class of a device backend
 
 
 def use(backend_name, device=None):
     """Choose the array backend: "numpy" (CPU) or "cupy" (CUDA device `device`, default 0)."""
-    global xp, name
+    global xp, name, _device_random
     if backend_name == "numpy":
-        xp, name = numpy, "numpy"
+        xp, name, _device_random = numpy, "numpy", None
         _fused_kernels.clear()
     elif backend_name == "cupy":
         try:
             import cupy_backend
         except ImportError as error:  # cupy_backend itself ships with numpy_ddpm
             raise BackendError(f"the cupy backend could not be loaded: {error}") from None
-        module, kernels = cupy_backend.activate(device)   # raises BackendError with one sentence
+        module, kernels, _device_random = cupy_backend.activate(device)   # or BackendError
         xp, name = module, "cupy"
         _fused_kernels.clear()
         _fused_kernels.update(kernels)
@@ -90,16 +91,10 @@ def asarray(a, dtype=None):
 
 
 def to_numpy(a):
-    """A host numpy copy of a backend array (a no-op view for numpy arrays)."""
-    if isinstance(a, numpy.ndarray):
-        return a
+    """A host numpy copy of a backend array (a no-op for numpy arrays)."""
     if hasattr(a, "get"):       # cupy.ndarray: one device -> host transfer
         return a.get()
     return numpy.asarray(a)
-
-
-def is_host_array(a):
-    return isinstance(a, numpy.ndarray)
 
 
 # Random numbers ----------------------------------------------------------------------------
@@ -112,7 +107,7 @@ def default_rng(*keys):
     if name == "numpy":
         return numpy.random.default_rng(list(keys))
     seed = int(numpy.random.SeedSequence(list(keys)).generate_state(1)[0])
-    return xp.random.default_rng(seed)
+    return _device_random(seed)
 
 
 def host_rng(*keys):

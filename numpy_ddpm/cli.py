@@ -19,7 +19,10 @@ def common_parser(description, **defaults):
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
-    parser.add_argument("--device", type=int, default=None, help="CUDA device number (cupy)")
+    parser.add_argument("--device", type=int, default=None,
+                        help="CUDA device number (cupy; default $NUMPY_DDPM_DEVICE or 0)")
+    parser.add_argument("--no-fused", action="store_true",
+                        help="run the plain reference code on the GPU, without the fused kernels")
     parser.add_argument("--nb-epochs", type=int, default=d["nb_epochs"])
     parser.add_argument("--nb-samples", type=int, default=d["nb_samples"], help="size of the training set")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -45,6 +48,7 @@ def check_common(args):
         if value < least:
             raise UserError(f"--{flag.replace('_', '-')} must be at least {least}, not {value}")
     backend.use(args.backend, args.device)
+    backend.use_fused = not args.no_fused
     os.makedirs(args.out, exist_ok=True)
 
 

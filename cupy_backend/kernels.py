@@ -1,0 +1,80 @@
+"""Fused element-wise kernels: each does in one launch what its numpy_ddpm reference function
+does in several, and must match it (tests/test_gpu.py checks that). Built once, at import,
+and cached by cupy after their first compilation.
+"""
+
+import cupy
+
+from numpy_ddpm import diffusion, optim
+
+# Adam, as optim.adam_update:
+#   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+#   param -= lr (m / correction1) / (sqrt(v / correction2) + eps),  correction_i = 1 - beta_i^t
+_adam = cupy.ElementwiseKernel(
+    "T grad, T lr, T beta1, T beta2, T eps, T correction1, T correction2",
+    "T param, T m, T v",
+    """
+    m = beta1 * m + (1 - beta1) * grad;
+    v = beta2 * v + (1 - beta2) * grad * grad;
+    param -= lr * (m / correction1) / (sqrt(v / correction2) + eps);
+    """,
+    "numpy_ddpm_adam_update")
+
+
+def adam_update(param, grad, m, v, t, lr, beta1, beta2, eps):
+    T = param.dtype.type
+    _adam(grad, T(lr), T(beta1), T(beta2), T(eps), T(1 - beta1 ** t), T(1 - beta2 ** t), param, m, v)
+
+
+# The EMA of the weights, as optim.ema_update:  average -= (1 - decay) (average - param)
+_ema = cupy.ElementwiseKernel(
+    "T param, T decay", "T average",
+    "average -= (1 - decay) * (average - param);",
+    "numpy_ddpm_ema_update")
+
+
+def ema_update(average, param, decay):
+    _ema(param, average.dtype.type(decay), average)
+
+
+# q(x_t | x_0), as diffusion.q_sample:  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
+_q_sample = cupy.ElementwiseKernel(
+    "T x0, T eps, T alpha_bar", "T xt",
+    "xt = sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps;",
+    "numpy_ddpm_q_sample")
+
+
+def q_sample(x0, t, eps, schedule):
+    alpha_bar = schedule.alpha_bar[t].reshape((-1,) + (1,) * (x0.ndim - 1))     # (N, 1, ...)
+    return _q_sample(x0, eps, alpha_bar)
+
+
+# One step of Algorithm 2, as diffusion.sampling_step:
+#   x_{t-1} = (x_t - (1 - alpha_t) / sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_t) + sigma_t z
+_sampling_step = cupy.ElementwiseKernel(
+    "T xt, T eps_hat, T z, T c_eps, T sqrt_alpha, T sigma", "T x",
+    "x = (xt - c_eps * eps_hat) / sqrt_alpha + sigma * z;",
+    "numpy_ddpm_sampling_step")
+_last_sampling_step = cupy.ElementwiseKernel(
+    "T xt, T eps_hat, T c_eps, T sqrt_alpha", "T x",
+    "x = (xt - c_eps * eps_hat) / sqrt_alpha;",
+    "numpy_ddpm_last_sampling_step")
+
+
+def sampling_step(xt, eps_hat, z, t, schedule):
+    alpha, alpha_bar, sigma = (schedule.host[k][t] for k in ("alpha", "alpha_bar", "sigma"))
+    T = xt.dtype.type
+    c_eps, sqrt_alpha = T((1 - alpha) / (1 - alpha_bar) ** 0.5), T(alpha ** 0.5)
+    if z is None:
+        return _last_sampling_step(xt, eps_hat, c_eps, sqrt_alpha)
+    return _sampling_step(xt, eps_hat, z, c_eps, sqrt_alpha, T(sigma))
+
+
+# name -> (fused kernel, the reference it must match)
+REFERENCES = {
+    "adam_update": (adam_update, optim.adam_update),
+    "ema_update": (ema_update, optim.ema_update),
+    "q_sample": (q_sample, diffusion.q_sample),
+    "sampling_step": (sampling_step, diffusion.sampling_step),
+}
+REGISTRY = {name: fused for name, (fused, _) in REFERENCES.items()}
