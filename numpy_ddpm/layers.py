@@ -12,7 +12,7 @@ and bias), so a model trains like the lecture's PyTorch code.
 import math
 
 from . import backend
-from .im2col import col2im, im2col, output_size
+from .im2col import Buffers, im2col, output_size
 
 
 def uniform(rng, bound, shape):
@@ -104,13 +104,17 @@ class Conv2d(Layer):
     Computed as im2col + one matrix product (see im2col.py for the layout). While training,
     the column matrix is kept for the backward pass when it fits in `max_col_bytes`; above
     that the batch is processed in chunks and the columns are rebuilt in backward, so working
-    memory stays bounded whatever the batch.
+    memory stays bounded whatever the batch. The column matrices live in buffers kept from
+    step to step (im2col.Buffers); those of the backward pass, needed one layer at a time,
+    are shared by all the convolutions of a Sequential.
     """
 
     param_names = {"w": "weight", "b": "bias"}
     max_col_bytes = 256 * 2**20
 
     def __init__(self, c_in, c_out, kernel_size, padding=0, rng=None):
+        if not 0 <= padding < kernel_size:
+            raise ValueError(f"padding must be in [0, kernel_size), not {padding}")
         rng = rng if rng is not None else backend.host_rng()
         self.KH = self.KW = kernel_size
         self.P = padding
@@ -119,6 +123,8 @@ class Conv2d(Layer):
         self.b = uniform(rng, bound, (c_out,))
         self.dw = backend.xp.zeros_like(self.w)
         self.db = backend.xp.zeros_like(self.b)
+        self.buffers = Buffers()            # this layer's columns, kept for backward
+        self.grad_buffers = Buffers()       # the columns of dy, for dx
 
     def _chunks(self, x_shape):
         """(n0, n1) ranges of the batch whose column matrices fit in max_col_bytes."""
@@ -136,27 +142,31 @@ class Conv2d(Layer):
         y = backend.xp.empty((O, N, OH, OW), dtype=x.dtype)
         chunks = self._chunks(x.shape)
         for n0, n1 in chunks:
-            col = im2col(x[n0:n1], self.KH, self.KW, self.P)              # (C*KH*KW, n*OH*OW)
-            y[:, n0:n1] = (w @ col).reshape(O, n1 - n0, OH, OW)
+            col = im2col(x[n0:n1], self.KH, self.KW, self.P, self.buffers)  # (C*KH*KW, n*OH*OW)
+            backend.xp.matmul(w, col, out=y[:, n0:n1].reshape(O, -1))      # y = w col
         y += self.b.reshape(O, 1, 1, 1)
         self.x = x
         self.col = col if self.training and len(chunks) == 1 else None
         return y.transpose(1, 0, 2, 3)                                    # (N, O, OH, OW)
 
     def backward(self, dy):
-        O = self.w.shape[0]
-        w = self.w.reshape(O, -1)                                         # (O, C*KH*KW)
-        dy = dy.transpose(1, 0, 2, 3)                                     # (O, N, OH, OW)
-        self.db += dy.sum(axis=(1, 2, 3))                                 # dL/db = sum over n, oh, ow
-        dx = backend.xp.empty(self.x.shape, dtype=dy.dtype)
+        O, C, KH, KW = self.w.shape
+        # dL/dx is the convolution of dy with the kernel turned by 180 degrees and its in and out
+        # channels swapped, padded by KH - 1 - P:
+        #   dx[n, c, h, v] = sum_{o, i, j} dy_padded[n, o, h + i, v + j] w[o, c, KH-1-i, KW-1-j]
+        w_turned = self.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, -1)   # (C, O*KH*KW)
+        self.db += dy.sum(axis=(0, 2, 3))                                 # dL/db = sum over n, oh, ow
+        dy_t = dy.transpose(1, 0, 2, 3)                                   # (O, N, OH, OW)
+        N, _, H, W = self.x.shape
+        dx = backend.xp.empty((C, N, H, W), dtype=dy.dtype)
         for n0, n1 in self._chunks(self.x.shape):
-            col = self.col if self.col is not None else im2col(self.x[n0:n1], self.KH, self.KW, self.P)
-            dy_chunk = dy[:, n0:n1].reshape(O, -1)                        # (O, n*OH*OW)
-            self.dw += (dy_chunk @ col.T).reshape(self.dw.shape)          # dL/dw = dy col^T
-            dcol = w.T @ dy_chunk                                         # dL/dcol = w^T dy
-            dx[n0:n1] = col2im(dcol, self.x[n0:n1].shape, self.KH, self.KW, self.P)
+            col = self.col if self.col is not None else im2col(self.x[n0:n1], KH, KW, self.P, self.buffers)
+            dy_chunk = dy_t[:, n0:n1].reshape(O, -1)                      # (O, n*OH*OW)
+            self.dw += (col @ dy_chunk.T).T.reshape(self.dw.shape)        # dL/dw = dy col^T, as (col dy^T)^T: BLAS runs this order faster
+            dy_col = im2col(dy[n0:n1], KH, KW, KH - 1 - self.P, self.grad_buffers)  # (O*KH*KW, n*H*W)
+            backend.xp.matmul(w_turned, dy_col, out=dx[:, n0:n1].reshape(C, -1))
         self.col = None
-        return dx
+        return dx.transpose(1, 0, 2, 3)                                   # (N, C, H, W)
 
 
 class Sequential(Layer):
@@ -171,6 +181,10 @@ class Sequential(Layer):
     def __init__(self, *layers):
         self.layers = list(layers)
         self.flat_params, self.flat_grads = self._flatten()
+        shared = Buffers()
+        for layer in self.layers:
+            if isinstance(layer, Conv2d):
+                layer.grad_buffers = shared
 
     def _flatten(self):
         xp = backend.xp
