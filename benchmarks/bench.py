@@ -139,6 +139,22 @@ def torch_models():
     return torch_mlp, torch_convnet
 
 
+def torch_train_step(model, optimizer, ema, x0, alpha_bar):
+    """The lecture's training step (Algorithm 1 with Adam), then the EMA of the weights."""
+    import torch
+    t = torch.randint(T, (x0.size(0),) + (1,) * (x0.dim() - 1), device=x0.device)
+    eps = torch.randn_like(x0)
+    xt = torch.sqrt(alpha_bar[t]) * x0 + torch.sqrt(1 - alpha_bar[t]) * eps
+    output = model((xt, t / (T - 1) - 0.5))
+    loss = (eps - output).pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        for average, p in zip(ema, model.parameters()):
+            average.copy_(0.9999 * average + (1 - 0.9999) * p)
+
+
 def torch_train(make, shape, device):
     import torch
     model = make().to(device)
@@ -147,20 +163,7 @@ def torch_train(make, shape, device):
     beta = torch.linspace(1e-4, 0.02, T, device=device)
     alpha_bar = (1 - beta).log().cumsum(0).exp()
     x0 = torch.randn(shape, device=device)
-
-    def step():
-        t = torch.randint(T, (x0.size(0),) + (1,) * (x0.dim() - 1), device=device)
-        eps = torch.randn_like(x0)
-        xt = torch.sqrt(alpha_bar[t]) * x0 + torch.sqrt(1 - alpha_bar[t]) * eps
-        output = model((xt, t / (T - 1) - 0.5))
-        loss = (eps - output).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            for average, p in zip(ema, model.parameters()):
-                average.copy_(0.9999 * average + (1 - 0.9999) * p)
-    return step
+    return lambda: torch_train_step(model, optimizer, ema, x0, alpha_bar)
 
 
 def torch_sampling_steps(make, shape, nb_steps, device):
@@ -333,6 +336,21 @@ def print_row(r):
           f"{r['gflops']:>7.1f} GFLOP/s {100 * r['fraction_of_peak']:>5.0f}% {memory:>6} MiB  {ratio}")
 
 
+def markdown(peak, results, e2e, blas):
+    """The results as the table of benchmarks/README.md."""
+    lines = [f"numpy float32 matmul peak: {peak:.0f} GFLOP/s (BLAS: {blas})", "",
+             "| workload | impl | rate | matmul GFLOP/s | % of numpy peak | peak memory | numpy / torch |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        memory = "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f} MiB"
+        ratio = f"**{r['ours_over_torch']:.2f}**" if "ours_over_torch" in r else ""
+        lines.append(f"| {r['workload']} | {r['impl']} | {r['per_second']:.1f} {r['unit']} | {r['gflops']:.0f} | "
+                     f"{100 * r['fraction_of_peak']:.0f}% | {memory} | {ratio} |")
+    for name, seconds in e2e.items():
+        lines.append(f"\nEnd to end, `{name}`: {seconds:.1f} s")
+    return "\n".join(lines) + "\n"
+
+
 def end_to_end(args):
     """demos/toy2d.py at the lecture's defaults, and the same in PyTorch; wall seconds."""
     out = {}
@@ -362,6 +380,7 @@ def main():
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--only", help="only workloads whose name contains this")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"))
+    parser.add_argument("--markdown", help="also write the table as markdown to this file")
     parser.add_argument("--workdir", default="/tmp/numpy-ddpm-bench")
     parser.add_argument("--memory-of", nargs=2, metavar=("INDEX", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -385,6 +404,10 @@ def main():
                                "matmul_peak_gflops": peak, "quick": args.quick},
                    "results": results, "end_to_end_seconds": e2e}, file, indent=1)
     print(f"\nwrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as file:
+            file.write(markdown(peak, results, e2e, blas))
+        print(f"wrote {args.markdown}")
 
 
 if __name__ == "__main__":

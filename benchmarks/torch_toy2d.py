@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from bench import torch_models
+from bench import torch_models, torch_train_step
 
 T = 1000
 
@@ -33,18 +33,7 @@ def main():
     for _ in range(100):
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         for x0 in train_input.split(25):
-            x0 = (x0 - train_mean) / train_std
-            t = torch.randint(T, (x0.size(0), 1))
-            eps = torch.randn_like(x0)
-            xt = torch.sqrt(alpha_bar[t]) * x0 + torch.sqrt(1 - alpha_bar[t]) * eps
-            output = model((xt, t / (T - 1) - 0.5))
-            loss = (eps - output).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                for average, p in zip(ema, model.parameters()):
-                    average.copy_(0.9999 * average + (1 - 0.9999) * p)
+            torch_train_step(model, optimizer, ema, (x0 - train_mean) / train_std, alpha_bar)
     with torch.no_grad():
         for average, p in zip(ema, model.parameters()):
             p.copy_(average)

@@ -162,9 +162,10 @@ class Conv2d(Layer):
         for n0, n1 in self._chunks(self.x.shape):
             col = self.col if self.col is not None else im2col(self.x[n0:n1], KH, KW, self.P, self.buffers)
             dy_chunk = dy_t[:, n0:n1].reshape(O, -1)                      # (O, n*OH*OW)
-            self.dw += (col @ dy_chunk.T).T.reshape(self.dw.shape)        # dL/dw = dy col^T, as (col dy^T)^T: BLAS runs this order faster
+            # dL/dw = dy col^T, computed as (col dy^T)^T: the operand order BLAS runs fastest
+            self.dw += (col @ dy_chunk.T).T.reshape(self.dw.shape)
             dy_col = im2col(dy[n0:n1], KH, KW, KH - 1 - self.P, self.grad_buffers)  # (O*KH*KW, n*H*W)
-            backend.xp.matmul(w_turned, dy_col, out=dx[:, n0:n1].reshape(C, -1))
+            backend.xp.matmul(w_turned, dy_col, out=dx[:, n0:n1].reshape(C, -1))   # dL/dx = w_turned dy_col
         self.col = None
         return dx.transpose(1, 0, 2, 3)                                   # (N, C, H, W)
 

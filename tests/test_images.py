@@ -147,3 +147,12 @@ def test_mnist_demo_end_to_end(tmp_path):
     for name in ("images.png", "samples.npy", "checkpoint.npz", "trajectory.png", "trajectory.gif"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     assert np.load(os.path.join(out, "samples.npy")).shape == (4, 1, 8, 8)
+
+
+def test_mnist_demo_user_errors(tmp_path):
+    for args, expected in ((["--data", "cifar"], "unknown image data set 'cifar'"),
+                           (["--kernel-size", "4"], "--kernel-size a positive odd number")):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "demos", "mnist.py"), *args,
+                                 "--out", str(tmp_path), "--no-window"], capture_output=True, text=True, timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0]
