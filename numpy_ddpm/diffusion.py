@@ -75,7 +75,7 @@ def generate(model, shape, schedule, rng, progress=None, callback=None):
         callback(schedule.T, x)
     # 2: for t = T, ..., 1      (here t is the array index, the paper's t - 1: T-1, ..., 0)
     for t in (progress(steps) if progress else steps):
-        eps_hat = model.forward(x, float(schedule.network_time(t)))
+        eps_hat = model.forward(x, schedule.network_time(t))
         # 3: z ~ N(0, I) if t > 1, else z = 0       (index t > 0)
         z = rng.standard_normal(shape, dtype=backend.dtype) if t > 0 else None
         # 4: x_{t-1} = (x_t - (1 - alpha_t) / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_t) + sigma_t z

@@ -6,6 +6,7 @@ from tqdm.auto import tqdm
 
 from . import backend, plots
 from .checkpoint import CheckpointError
+from .data import standardise
 from .diffusion import generate
 from .schedule import Schedule
 from .train import TrainConfig, Trainer
@@ -18,7 +19,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None)
     samples. Returns (generated, trainer, frames) as host arrays in the data's own scale;
     frames is [(t, x_t)] when args.trajectory, else []."""
     np = backend.np
-    mean, std = float(x_host.mean()), float(x_host.std())
+    x_standardised, mean, std = standardise(x_host)
     meta = {**meta, "mean": mean, "std": std}
     schedule = Schedule()
     config = TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
@@ -30,7 +31,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None)
         if (saved["mean"], saved["std"]) != (mean, std):
             raise CheckpointError(f"{args.resume} was trained on other data (mean {saved['mean']:.4g}, "
                                   f"std {saved['std']:.4g}); pass the same --data, --nb-samples and --seed")
-    x_train = backend.asarray((x_host - mean) / std, dtype=backend.dtype)     # uploaded once
+    x_train = backend.asarray(x_standardised, dtype=backend.dtype)             # uploaded once
     trainer.fit(x_train, checkpoint_path=os.path.join(args.out, "checkpoint.npz"),
                 log_path=os.path.join(args.out, "loss.csv"), progress=not args.no_progress)
     trainer.finish()

@@ -26,6 +26,11 @@ def test_schedule_identities():
     ab, ab_prev, b = s.host["alpha_bar"][t], s.host["alpha_bar"][t - 1], beta[t]
     precision = (1 - b) / b + 1 / (1 - ab_prev)
     np.testing.assert_allclose(s.host["beta_tilde"][t], 1 / precision, rtol=1e-10)
+    # its mean: precision-weighted x_t (through q(x_t | x_{t-1})) and x_0 (through q(x_{t-1} | x_0))
+    xt, x0 = 0.7, -1.3
+    mean = (np.sqrt(1 - b) / b * xt + np.sqrt(ab_prev) / (1 - ab_prev) * x0) / precision
+    with backend.precision("float64"):
+        np.testing.assert_allclose(float(Schedule().mu_tilde(xt, x0, t)), mean, rtol=1e-10)
 
 
 def test_q_sample_matches_iterated_one_step_process():
