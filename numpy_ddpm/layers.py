@@ -105,8 +105,9 @@ class Conv2d(Layer):
     the column matrix is kept for the backward pass when it fits in `max_col_bytes`; above
     that the batch is processed in chunks and the columns are rebuilt in backward, so working
     memory stays bounded whatever the batch. The column matrices live in buffers kept from
-    step to step (im2col.Buffers); those of the backward pass, needed one layer at a time,
-    are shared by all the convolutions of a Sequential.
+    step to step (im2col.Buffers): the layer's own for the columns it keeps for backward, and
+    `work_buffers`, shared by all the convolutions of a Sequential, for those needed only for
+    a moment (the columns of dy in backward; every column matrix when sampling).
     """
 
     param_names = {"w": "weight", "b": "bias"}
@@ -124,7 +125,7 @@ class Conv2d(Layer):
         self.dw = backend.xp.zeros_like(self.w)
         self.db = backend.xp.zeros_like(self.b)
         self.buffers = Buffers()            # this layer's columns, kept for backward
-        self.grad_buffers = Buffers()       # the columns of dy, for dx
+        self.work_buffers = Buffers()       # columns needed one layer at a time
 
     def _chunks(self, x_shape):
         """(n0, n1) ranges of the batch whose column matrices fit in max_col_bytes."""
@@ -141,8 +142,9 @@ class Conv2d(Layer):
         w = self.w.reshape(O, -1)                                         # (O, C*KH*KW)
         y = backend.xp.empty((O, N, OH, OW), dtype=x.dtype)
         chunks = self._chunks(x.shape)
+        buffers = self.buffers if self.training else self.work_buffers
         for n0, n1 in chunks:
-            col = im2col(x[n0:n1], self.KH, self.KW, self.P, self.buffers)  # (C*KH*KW, n*OH*OW)
+            col = im2col(x[n0:n1], self.KH, self.KW, self.P, buffers)      # (C*KH*KW, n*OH*OW)
             backend.xp.matmul(w, col, out=y[:, n0:n1].reshape(O, -1))      # y = w col
         y += self.b.reshape(O, 1, 1, 1)
         self.x = x
@@ -164,7 +166,7 @@ class Conv2d(Layer):
             dy_chunk = dy_t[:, n0:n1].reshape(O, -1)                      # (O, n*OH*OW)
             # dL/dw = dy col^T, computed as (col dy^T)^T: the operand order BLAS runs fastest
             self.dw += (col @ dy_chunk.T).T.reshape(self.dw.shape)
-            dy_col = im2col(dy[n0:n1], KH, KW, KH - 1 - self.P, self.grad_buffers)  # (O*KH*KW, n*H*W)
+            dy_col = im2col(dy[n0:n1], KH, KW, KH - 1 - self.P, self.work_buffers)  # (O*KH*KW, n*H*W)
             backend.xp.matmul(w_turned, dy_col, out=dx[:, n0:n1].reshape(C, -1))   # dL/dx = w_turned dy_col
         self.col = None
         return dx.transpose(1, 0, 2, 3)                                   # (N, C, H, W)
@@ -185,7 +187,7 @@ class Sequential(Layer):
         shared = Buffers()
         for layer in self.layers:
             if isinstance(layer, Conv2d):
-                layer.grad_buffers = shared
+                layer.work_buffers = shared
 
     def _flatten(self):
         xp = backend.xp
