@@ -1,6 +1,8 @@
 """One run of a demo: train (or resume), copy the EMA in, sample, and write the results."""
 
+import math
 import os
+import sys
 
 from tqdm.auto import tqdm
 
@@ -25,6 +27,11 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None)
     config = TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
                          reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads)
+    steps = args.nb_epochs * math.ceil(len(x_host) / args.batch_size)
+    if steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
+        print(f"warning: an EMA decay of {args.ema_decay} averages over about {1 / (1 - args.ema_decay):.0f} "
+              f"steps, and this run has {steps}: the samples will come from weights still close to "
+              f"their initialisation; lower --ema-decay or train longer", file=sys.stderr)
     trainer = Trainer(model, schedule, config, meta)
     if args.resume:
         saved = trainer.load(args.resume)
