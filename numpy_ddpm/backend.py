@@ -32,8 +32,9 @@ _fused_kernels = {}         # name -> fast version of a reference function, per 
 _device_random = None       # the generator class of a device backend
 
 
-def use(backend_name, device=None):
-    """Choose the array backend: "numpy" (CPU) or "cupy" (CUDA device `device`, default 0)."""
+def use(backend_name, device=None, tf32=False):
+    """Choose the array backend: "numpy" (CPU) or "cupy" (CUDA device `device`, default 0;
+    `tf32` allows TensorFloat-32 matrix products, off by default)."""
     global xp, name, _device_random
     if backend_name == "numpy":
         xp, name, _device_random = numpy, "numpy", None
@@ -43,7 +44,7 @@ def use(backend_name, device=None):
             import cupy_backend
         except ImportError as error:  # cupy_backend itself ships with numpy_ddpm
             raise BackendError(f"the cupy backend could not be loaded: {error}") from None
-        module, kernels, _device_random = cupy_backend.activate(device)   # or BackendError
+        module, kernels, _device_random = cupy_backend.activate(device, tf32)   # or BackendError
         xp, name = module, "cupy"
         _fused_kernels.clear()
         _fused_kernels.update(kernels)

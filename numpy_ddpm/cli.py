@@ -21,6 +21,8 @@ def common_parser(description, **defaults):
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     parser.add_argument("--device", type=int, default=None,
                         help="CUDA device number (cupy; default $NUMPY_DDPM_DEVICE or 0)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let the GPU's float32 matrix products use TensorFloat-32 (cupy; off by default)")
     parser.add_argument("--no-fused", action="store_true",
                         help="run the plain reference code on the GPU, without the fused kernels")
     parser.add_argument("--nb-epochs", type=int, default=d["nb_epochs"])
@@ -47,7 +49,7 @@ def check_common(args):
         least = 0 if flag == "nb_epochs" else 1
         if value < least:
             raise UserError(f"--{flag.replace('_', '-')} must be at least {least}, not {value}")
-    backend.use(args.backend, args.device)
+    backend.use(args.backend, args.device, tf32=args.tf32)
     backend.use_fused = not args.no_fused
     os.makedirs(args.out, exist_ok=True)
 
