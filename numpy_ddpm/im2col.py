@@ -22,26 +22,37 @@ im2col loops over the KH*KW kernel offsets and copies one strided slice each: ev
 of `col` is written exactly once, and the same code runs unchanged on cupy arrays.
 """
 
+import math
+
 from . import backend
 
 
 class Buffers:
-    """Work arrays kept from one call to the next, one per name (a new shape replaces it).
+    """Work arrays kept from one call to the next, one per name.
 
     The column matrices are large (at 28x28, batch 25: 125 MB a layer); allocating them afresh
     at every step costs the allocator new pages, and faulting those in takes longer than the
-    copy that fills them. Without Buffers (buffers=None) every array is fresh."""
+    copy that fills them. Each name keeps its largest array and hands out views of its start,
+    so changing shapes (the last chunk of a batch, another layer) allocate nothing new.
+    Without Buffers (buffers=None) every array is fresh."""
 
     def __init__(self):
         self.arrays = {}
+        self.shapes = {}
 
     def get(self, name, shape, dtype, zeros=False):
-        """An array of that shape, zero-filled when first made if `zeros`."""
+        """An array of that shape; with `zeros`, zero-filled whenever its shape changes (the
+        callers that ask for zeros write only its interior)."""
+        size = math.prod(shape)
         array = self.arrays.get(name)
-        if array is None or array.shape != shape or array.dtype != dtype:
-            array = (backend.xp.zeros if zeros else backend.xp.empty)(shape, dtype=dtype)
-            self.arrays[name] = array
-        return array
+        if array is None or array.size < size or array.dtype != dtype:
+            array = backend.xp.zeros(size, dtype=dtype)
+            self.arrays[name], self.shapes[name] = array, shape
+        view = array[:size].reshape(shape)
+        if zeros and self.shapes[name] != shape:
+            view[...] = 0
+        self.shapes[name] = shape
+        return view
 
 
 def _array(buffers, name, shape, dtype, zeros=False):

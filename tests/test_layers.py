@@ -102,16 +102,18 @@ def naive_conv_backward(x, w, P, dy):
 
 
 @pytest.mark.parametrize("N,C,O,H,W,K,P", CONV_CASES)
-@pytest.mark.parametrize("chunked", [False, True])
-def test_conv2d_against_loops(xp_backend, float64, N, C, O, H, W, K, P, chunked):
+@pytest.mark.parametrize("columns", ["kept", "chunked", "rebuilt"])
+def test_conv2d_against_loops(xp_backend, float64, N, C, O, H, W, K, P, columns):
     rng = np.random.default_rng(4)
     layer = Conv2d(C, O, K, P, rng)
-    if chunked:  # a budget of one image's columns forces the chunked path
+    if columns == "chunked":  # a budget of one image's columns forces the chunked path
         layer.max_col_bytes = C * K * K * (H + 2 * P - K + 1) * (W + 2 * P - K + 1) * 8
         assert len(layer._chunks((N, C, H, W))) == N
+    layer.max_kept_bytes = 2**30 if columns == "kept" else 0
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(backend.asarray(x))
     np.testing.assert_allclose(to_np(y), naive_conv(x, to_np(layer.w), to_np(layer.b), P), rtol=1e-10, atol=1e-12)
+    assert (layer.col is not None) == (columns == "kept")
     dy = rng.standard_normal(y.shape)
     dx = layer.backward(backend.asarray(dy))
     dx_ref, dw_ref, db_ref = naive_conv_backward(x, to_np(layer.w), P, dy)
