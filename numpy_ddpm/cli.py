@@ -64,8 +64,15 @@ def run(main):
     except (UserError, backend.BackendError, DataError, CheckpointError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:          # an unwritable --out, a full disk
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     except TrainingStopped as error:
         print(f"stopped: {error}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:         # outside training (sampling, plotting): the checkpoint is complete
+        print("stopped: interrupted after training; --resume with the checkpoint in --out samples again",
+              file=sys.stderr)
         sys.exit(130)
 
 
