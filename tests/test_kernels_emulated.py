@@ -1,0 +1,100 @@
+"""cupy_backend/kernels.py on the CPU: its ElementwiseKernels run through a small emulator
+that executes each kernel's C body as numpy statements (the bodies are plain assignments), so
+the wrappers' argument order, scalar casts and formulas are checked against the numpy_ddpm
+references here; tests/test_gpu.py checks the compiled kernels on a GPU."""
+
+import importlib
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+
+from numpy_ddpm import backend, diffusion, optim
+from numpy_ddpm.schedule import Schedule
+
+
+class EmulatedElementwiseKernel:
+    def __init__(self, in_params, out_params, operation, name):
+        self.inputs = [p.split()[-1] for p in in_params.split(",")]
+        self.outputs = [p.split()[-1] for p in out_params.split(",")]
+        self.body = textwrap.dedent(operation).replace(";", "")
+        self.name = name
+
+    def __call__(self, *args):
+        inputs, outputs = args[:len(self.inputs)], list(args[len(self.inputs):])
+        assert all(np.ndim(a) == 0 or isinstance(a, np.ndarray) for a in args)
+        dtype = next(a.dtype for a in inputs if isinstance(a, np.ndarray))
+        # every argument of type T shares one dtype, as in cupy
+        assert all(a.dtype == dtype for a in args if isinstance(a, (np.ndarray, np.generic))), self.name
+        if not outputs:
+            shape = np.broadcast_shapes(*[np.shape(a) for a in inputs])
+            outputs = [np.empty(shape, dtype) for _ in self.outputs]
+        names = dict(zip(self.inputs, inputs), sqrt=np.sqrt)
+        names.update({k: v.copy() for k, v in zip(self.outputs, outputs)})
+        exec(self.body, {}, names)
+        for name, out in zip(self.outputs, outputs):
+            out[...] = names[name]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    fake = types.ModuleType("cupy")
+    fake.ElementwiseKernel = EmulatedElementwiseKernel
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.delitem(sys.modules, "cupy_backend.kernels", raising=False)
+    yield importlib.import_module("cupy_backend.kernels")
+    sys.modules.pop("cupy_backend.kernels", None)
+
+
+def test_every_fused_kernel_has_its_reference(kernels):
+    assert kernels.REFERENCES["adam_update"][1] is optim.adam_update
+    assert kernels.REFERENCES["ema_update"][1] is optim.ema_update
+    assert kernels.REFERENCES["q_sample"][1] is diffusion.q_sample
+    assert kernels.REFERENCES["sampling_step"][1] is diffusion.sampling_step
+    assert set(kernels.REGISTRY) == set(kernels.REFERENCES)
+
+
+def arrays(rng, *shape, n=1):
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+def test_adam_and_ema_kernels(kernels):
+    rng = np.random.default_rng(0)
+    p, g, m, v = arrays(rng, 500, n=4)
+    v = abs(v)
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    for t in (1, 5):
+        kernels.adam_update(p, g, m, v, t, 1e-3, 0.9, 0.999, 1e-8)
+        optim.adam_update(p2, g, m2, v2, t, 1e-3, 0.9, 0.999, 1e-8)
+        for a, b in ((p, p2), (m, m2), (v, v2)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    average, average2 = p.copy(), p.copy()
+    kernels.ema_update(average, g, 0.999)
+    optim.ema_update(average2, g, 0.999)
+    np.testing.assert_allclose(average, average2, rtol=1e-6)
+
+
+def test_q_sample_and_sampling_step_kernels(kernels):
+    rng = np.random.default_rng(1)
+    s = Schedule()
+    x0, eps = arrays(rng, 6, 1, 4, 4, n=2)
+    t = rng.integers(0, 1000, 6)
+    np.testing.assert_allclose(kernels.q_sample(x0, t, eps, s), diffusion.q_sample(x0, t, eps, s),
+                               rtol=1e-6, atol=1e-7)
+    xt, eps_hat, z = arrays(rng, 50, 2, n=3)
+    for step, noise in ((700, z), (0, None)):
+        np.testing.assert_allclose(kernels.sampling_step(xt, eps_hat, noise, step, s),
+                                   diffusion.sampling_step(xt, eps_hat, noise, step, s), rtol=1e-5, atol=1e-6)
+
+
+def test_generate_through_the_emulated_kernels(kernels, monkeypatch):
+    """Algorithm 2 with the fused sampling step registered, as backend.use("cupy") does."""
+    from numpy_ddpm.models import mlp
+    monkeypatch.setattr(backend, "_fused_kernels", dict(kernels.REGISTRY))
+    fused = diffusion.generate(mlp(2, seed=1), (40, 2), Schedule(T=50), backend.default_rng(2))
+    backend._fused_kernels.clear()
+    plain = diffusion.generate(mlp(2, seed=1), (40, 2), Schedule(T=50), backend.default_rng(2))
+    np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
