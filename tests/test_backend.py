@@ -50,3 +50,16 @@ def test_precision_context():
     with backend.precision("float64"):
         assert backend.dtype.__name__ == "float64"
     assert backend.dtype.__name__ == "float32"
+
+
+DEVICE_PATH = ["layers.py", "im2col.py", "optim.py", "diffusion.py", "schedule.py", "models.py", "train.py"]
+
+
+def test_device_path_never_touches_host_numpy():
+    """The modules that training and sampling run through use only `backend.xp` (numpy or
+    cupy) and backend helpers: a host numpy call there (backend.np.asarray of a device array,
+    say) would fail or sync on cupy. The strict stand-in (test_strict.py) checks them at run
+    time; this reads their source."""
+    for name in DEVICE_PATH:
+        source = (PACKAGE / name).read_text()
+        assert "backend.np" not in source, name
