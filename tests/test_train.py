@@ -61,11 +61,17 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
     assert resumed.optimizer.t == full.optimizer.t
 
 
-def test_bad_checkpoints_are_clear_errors(tmp_path):
-    x = backend.asarray(data.standardise(data.toy("spiral", 40, seed=3))[0])
+def trained_with_checkpoint(tmp_path, nb_samples, steps):
+    """(trainer, data, checkpoint path) after `steps` steps on the spiral."""
+    x = backend.asarray(data.standardise(data.toy("spiral", nb_samples, seed=3))[0])
     trainer = make_trainer()
     path = str(tmp_path / "c.npz")
-    trainer.fit(x, checkpoint_path=path, progress=False, max_steps=4)
+    trainer.fit(x, checkpoint_path=path, progress=False, max_steps=steps)
+    return trainer, x, path
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    _, _, path = trained_with_checkpoint(tmp_path, 40, 4)
     blob = open(path, "rb").read()
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(blob[: len(blob) // 2])
@@ -84,10 +90,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
-    x = backend.asarray(data.standardise(data.toy("spiral", 100, seed=3))[0])
-    trainer = make_trainer()
-    path = str(tmp_path / "c.npz")
-    trainer.fit(x, checkpoint_path=path, progress=False, max_steps=10)
+    trainer, x, path = trained_with_checkpoint(tmp_path, 100, 10)
     good = open(path, "rb").read()
     trainer.model.flat_params[0] = np.nan
     with pytest.raises(TrainingStopped, match="last good checkpoint"):
