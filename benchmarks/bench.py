@@ -283,14 +283,17 @@ def torch_device(ours_backend):
 
 
 def run_all(args):
-    backends = ["numpy"]
-    try:
-        backend.use("cupy")
-        backends.append("cupy")
-    except backend.BackendError as error:
-        print(f"(no GPU rows: {error})")
-    finally:
-        backend.use("numpy")
+    backends = []
+    if "numpy" in args.backends:
+        backends.append("numpy")
+    if "cupy" in args.backends:
+        try:
+            backend.use("cupy")
+            backends.append("cupy")
+        except backend.BackendError as error:
+            print(f"(no GPU rows: {error})")
+        finally:
+            backend.use("numpy")
 
     peak = matmul_peak(args.quick)
     print(f"numpy float32 matmul peak: {peak:.0f} GFLOP/s\n")
@@ -379,6 +382,8 @@ def main():
     parser.add_argument("--e2e", action="store_true", help="also time demos/toy2d.py end to end")
     parser.add_argument("--gpu-e2e", action="store_true", help="with --e2e, also --backend cupy")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--backends", default="numpy,cupy",
+                        help="comma-separated: numpy (with PyTorch on the CPU), cupy (with PyTorch on CUDA)")
     parser.add_argument("--only", help="only workloads whose name contains this")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"))
     parser.add_argument("--markdown", help="also write the table as markdown to this file")
