@@ -73,7 +73,8 @@ def pad_channel_first(x, P, buffers=None):
     """x: (N, C, H, W) -> (C, N, H + 2P, W + 2P), zero-padded, channel first. (A kept buffer
     is zeroed once: its border is never written.)"""
     N, C, H, W = x.shape
-    x_padded = _array(buffers, "x_padded", (C, N, H + 2 * P, W + 2 * P), x.dtype, zeros=True)
+    # one buffer per padding: same-shaped arrays with another P would leave data in the border
+    x_padded = _array(buffers, f"x_padded_{P}", (C, N, H + 2 * P, W + 2 * P), x.dtype, zeros=True)
     x_padded[:, :, P:P + H, P:P + W] = x.transpose(1, 0, 2, 3)
     return x_padded
 

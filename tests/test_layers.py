@@ -208,3 +208,14 @@ def test_linear_initialisation_matches_pytorch_bounds():
     assert np.abs(w).max() <= 0.1 and np.abs(w).max() > 0.09
     assert np.abs(b).max() <= 0.1
     assert abs(w.std() - 0.1 / np.sqrt(3)) < 0.005     # the std of U(-0.1, 0.1)
+
+
+def test_shared_buffers_keep_padding_zero(float64):
+    """Two convolutions sharing work buffers, whose padded inputs have the same shape but
+    different paddings (10 + 2*1 = 8 + 2*2), still compute the convolution of each."""
+    from numpy_ddpm.im2col import Buffers, im2col
+    rng = np.random.default_rng(11)
+    shared = Buffers()
+    a, b = rng.standard_normal((2, 3, 10, 10)), rng.standard_normal((2, 3, 8, 8))
+    for x, P in ((a, 1), (b, 2), (a, 1)):
+        np.testing.assert_array_equal(im2col(x, 3, 3, P, shared), im2col(x, 3, 3, P))
