@@ -1,4 +1,4 @@
-"""im2col and col2im: a convolution as one matrix product.
+"""im2col: a convolution as one matrix product.
 
 Notation:
     N       batch size
@@ -19,7 +19,9 @@ gradient is a convolution too (see Conv2d.backward), so im2col serves both direc
 Putting the batch inside the columns (channel-first, "C N H W") makes every product one
 large matrix product and spares the transposed copies a per-image layout would need.
 im2col loops over the KH*KW kernel offsets and copies one strided slice each: every element
-of `col` is written exactly once, and the same code runs unchanged on cupy arrays.
+of `col` is written exactly once, and the same code runs unchanged on cupy arrays. (The
+textbook col2im, the adjoint that scatters column gradients back onto the image, is not
+needed: the input gradient is computed as a convolution, see Conv2d.backward.)
 """
 
 import math
