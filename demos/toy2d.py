@@ -38,6 +38,9 @@ def main():
     kind = "Wasserstein-1" if x.shape[1] == 1 else "sliced Wasserstein-1"
     print(f"{args.data}: {kind} distance {distance:.4f}, floor {floor:.4f} "
           f"(two draws of the data), distance / floor = {distance / floor:.2f}")
+    fresh = [data.toy(args.data, len(generated), seed=12345 + k) for k in (0, 1)]
+    print(f"{args.data}: energy distance {metrics.energy_distance(generated, fresh[0]):.5f}, "
+          f"floor {metrics.energy_distance(fresh[1], fresh[0]):.5f}")
 
     title = f"{args.data}: {len(generated)} generated points, distance / floor = {distance / floor:.2f}"
     plots.points(x[:5000], generated, os.path.join(args.out, "toy.png"), title)

@@ -47,6 +47,17 @@ def sliced_wasserstein(a, b, nb_projections=128):
     return sum(wasserstein_1d(a @ u, b @ u) for u in directions) / len(directions)
 
 
+def energy_distance(a, b):
+    """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| between samples a (N, D) and b (M, D),
+    with the V-statistic means over all pairs; zero only when the distributions agree."""
+    np = backend.np
+
+    def mean_distance(u, v):
+        return float(np.sqrt(((u[:, None, :] - v[None, :, :]) ** 2).sum(axis=-1)).mean())
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return 2 * mean_distance(a, b) - mean_distance(a, a) - mean_distance(b, b)
+
+
 def distance_to_data(samples, data_name, seed=12345):
     """(distance, floor) of host samples (N, D) against fresh draws of the toy set `data_name`."""
     n = len(samples)

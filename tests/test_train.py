@@ -115,6 +115,15 @@ def test_toy_sets(name):
     assert d < 3 * floor                 # a draw of the data is as close as another draw
 
 
+def test_energy_distance():
+    a, b = data.toy("two_discs", 800, seed=1), data.toy("two_discs", 800, seed=2)
+    same = metrics.energy_distance(a, b)
+    assert abs(same) < 0.01
+    assert metrics.energy_distance(a, b + np.float32(0.5)) > 20 * abs(same)
+    x, y = np.array([[0.0], [2.0]]), np.array([[1.0]])        # 2*1 - 1 - 0, by hand
+    assert metrics.energy_distance(x, y) == pytest.approx(1.0)
+
+
 def test_metric_floor_and_known_distances():
     a = np.array([[0.0], [1.0], [2.0]])
     assert metrics.wasserstein_1d(a, a + 0.5) == pytest.approx(0.5)
