@@ -80,6 +80,11 @@ class Trainer:
                 f"{path} holds a different model ({meta.get('model')}), not {self.meta.get('model')}")
         if arrays["params"].shape != self.model.flat_params.shape:
             raise checkpoint.CheckpointError(f"{path} does not match this model's parameter count")
+        for setting in ("batch_size", "seed"):    # the step count maps to (epoch, batch) through them
+            saved = meta["config"][setting]
+            if saved != getattr(self.config, setting):
+                raise checkpoint.CheckpointError(
+                    f"{path} was trained with {setting.replace('_', ' ')} {saved}: resume with the same")
         self.model.flat_params[...] = backend.asarray(arrays["params"])
         self.ema.averages[0][...] = backend.asarray(arrays["ema"])
         self.optimizer.m[0][...] = backend.asarray(arrays["adam_m"])

@@ -86,6 +86,8 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         other.load(path)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         make_trainer().load(str(tmp_path / "missing.npz"))
+    with pytest.raises(CheckpointError, match="trained with seed 2"):
+        make_trainer(seed=3).load(path)
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
 
