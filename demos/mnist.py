@@ -29,8 +29,7 @@ def main():
     parser.add_argument("--width", type=int, default=64, help="channels of the hidden convolutions")
     parser.add_argument("--kernel-size", type=int, default=5)
     args = parser.parse_args()
-    if args.data not in data.IMAGES:
-        raise data.DataError(f"unknown image data set {args.data!r}; choose one of: {', '.join(data.IMAGES)}")
+    data.require(args.data, data.IMAGES, "image data set")
     if args.width < 1 or args.kernel_size < 1 or args.kernel_size % 2 == 0:
         raise cli.UserError("--width must be positive and --kernel-size a positive odd number")
     cli.check_common(args)

@@ -23,8 +23,7 @@ def main():
     parser.add_argument("--data", default="spiral", help=f"one of: {', '.join(data.TOY)}")
     parser.add_argument("--hidden", type=int, default=256, help="width of the MLP's hidden layers")
     args = parser.parse_args()
-    if args.data not in data.TOY:
-        raise data.DataError(f"unknown data set {args.data!r}; choose one of: {', '.join(data.TOY)}")
+    data.require(args.data, data.TOY)
     cli.check_common(args)
 
     x = data.toy(args.data, args.nb_samples, seed=args.seed)                  # (N, D) host
@@ -34,13 +33,11 @@ def main():
     threads = 1 if args.batch_size <= 256 else None
     generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads=threads)
 
-    distance, floor = metrics.distance_to_data(generated, args.data)
+    (distance, floor), (energy, energy_floor) = metrics.distances_to_data(generated, args.data)
     kind = "Wasserstein-1" if x.shape[1] == 1 else "sliced Wasserstein-1"
     print(f"{args.data}: {kind} distance {distance:.4f}, floor {floor:.4f} "
           f"(two draws of the data), distance / floor = {distance / floor:.2f}")
-    fresh = [data.toy(args.data, len(generated), seed=12345 + k) for k in (0, 1)]
-    print(f"{args.data}: energy distance {metrics.energy_distance(generated, fresh[0]):.5f}, "
-          f"floor {metrics.energy_distance(fresh[1], fresh[0]):.5f}")
+    print(f"{args.data}: energy distance {energy:.5f}, floor {energy_floor:.5f}")
 
     title = f"{args.data}: {len(generated)} generated points, distance / floor = {distance / floor:.2f}"
     plots.points(x[:5000], generated, os.path.join(args.out, "toy.png"), title)

@@ -4,13 +4,24 @@ Samplers run on the host (numpy) with a seeded generator and return float32 arra
 (N, D); the training code uploads them once to the backend.
 """
 
+import gzip
+import hashlib
 import math
+import os
+import urllib.error
+import urllib.request
 
 from . import backend
 
 
 class DataError(ValueError):
     """A data set that cannot be had: unknown name, missing files, bad format."""
+
+
+def require(name, names, kind="data set"):
+    """Raise DataError, listing the valid names, unless `name` is one of `names`."""
+    if name not in names:
+        raise DataError(f"unknown {kind} {name!r}; choose one of: {', '.join(names)}")
 
 
 # The lecture's samplers (same definitions as its script) ------------------------------------
@@ -109,8 +120,7 @@ TOY = {f.__name__: f for f in (gaussian_mixture, ramp, two_discs, disc_grid, spi
 
 def toy(name, n, seed=0):
     """n points of the toy data set `name` as a float32 host array (n, D)."""
-    if name not in TOY:
-        raise DataError(f"unknown data set {name!r}; choose one of: {', '.join(TOY)}")
+    require(name, TOY)
     if n < 1:
         raise DataError(f"the number of samples must be at least 1, not {n}")
     return TOY[name](n, backend.host_rng(seed)).astype(backend.np.float32)
@@ -154,7 +164,6 @@ IMAGE_SETS = {
 def read_idx(path):
     """Parse an IDX file (gzipped or not): magic 0x0000TTDD (T the type, D the number of
     dimensions), D big-endian int32 sizes, then the data. Returns a host array."""
-    import gzip
     np = backend.np
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
@@ -178,7 +187,6 @@ def read_idx(path):
 
 
 def sha256(path):
-    import hashlib
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -189,8 +197,6 @@ def sha256(path):
 def download(url, path, expected_sha256, timeout=30):
     """Fetch url into path: written under a temporary name, checked, then renamed, so a
     failed or corrupt download leaves nothing behind."""
-    import os
-    import urllib.request
     temporary = f"{path}.part-{os.getpid()}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(temporary, "wb") as file:
@@ -205,7 +211,6 @@ def download(url, path, expected_sha256, timeout=30):
 
 
 def default_cache_dir():
-    import os
     return os.environ.get("NUMPY_DDPM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "numpy-ddpm"))
 
 
@@ -213,8 +218,6 @@ def fetch_image_set(name, data_dir=None, cache_dir=None, mirrors=None):
     """The directory that holds the four IDX files of `name` ("mnist" or "fashion_mnist"):
     `data_dir` if given (files used as they are), else the cache, downloading what is missing
     from the mirrors in turn, each file checked against its SHA-256."""
-    import os
-    import urllib.error
     files, default_mirrors = IMAGE_SETS[name]
     if data_dir is not None:
         missing = [f for f in files if not os.path.exists(os.path.join(data_dir, f))
@@ -243,7 +246,6 @@ def fetch_image_set(name, data_dir=None, cache_dir=None, mirrors=None):
 
 def idx_images(name, n=None, data_dir=None, cache_dir=None, mirrors=None):
     """The first n training images of MNIST or Fashion-MNIST, (n, 1, 28, 28) in [0, 1]."""
-    import os
     directory = fetch_image_set(name, data_dir, cache_dir, mirrors)
     path = os.path.join(directory, "train-images-idx3-ubyte.gz")
     if not os.path.exists(path):
@@ -269,8 +271,7 @@ IMAGES = ("digits", "mnist", "fashion_mnist")
 
 
 def images(name, n=None, data_dir=None, cache_dir=None):
+    require(name, IMAGES, "image data set")
     if name == "digits":
         return digits(n)
-    if name in IMAGE_SETS:
-        return idx_images(name, n, data_dir, cache_dir)
-    raise DataError(f"unknown image data set {name!r}; choose one of: {', '.join(IMAGES)}")
+    return idx_images(name, n, data_dir, cache_dir)

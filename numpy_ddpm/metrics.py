@@ -58,9 +58,20 @@ def energy_distance(a, b):
     return 2 * mean_distance(a, b) - mean_distance(a, a) - mean_distance(b, b)
 
 
+def fresh_draws(data_name, n, seed=12345):
+    """Two independent draws of n points of the toy set: the reference and the floor's other."""
+    return toy(data_name, n, seed=seed), toy(data_name, n, seed=seed + 1)
+
+
 def distance_to_data(samples, data_name, seed=12345):
-    """(distance, floor) of host samples (N, D) against fresh draws of the toy set `data_name`."""
-    n = len(samples)
-    reference = toy(data_name, n, seed=seed)
-    other = toy(data_name, n, seed=seed + 1)
+    """(distance, floor) of host samples (N, D) against fresh draws of the toy set `data_name`:
+    the sliced Wasserstein distance to one draw, and between that draw and another."""
+    reference, other = fresh_draws(data_name, len(samples), seed)
     return sliced_wasserstein(samples, reference), sliced_wasserstein(other, reference)
+
+
+def distances_to_data(samples, data_name, seed=12345):
+    """[(sliced Wasserstein, floor), (energy distance, floor)] from the same fresh draws."""
+    reference, other = fresh_draws(data_name, len(samples), seed)
+    return [(distance(samples, reference), distance(other, reference))
+            for distance in (sliced_wasserstein, energy_distance)]

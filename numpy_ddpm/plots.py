@@ -110,10 +110,9 @@ def draw_frame(ax, x, data, as_images, title):
                   interpolation="nearest")
         ax.axis("off")
         ax.set_title(title)
-    elif x.shape[1] == 1:
-        _draw_points(ax, data, x, title)
-    else:
-        _draw_points(ax, data, x, title)
+        return
+    _draw_points(ax, data, x, title)
+    if x.shape[1] == 2:         # fixed limits, so that the GIF's frames do not jump
         lim = 1.5 * backend.np.abs(data).max()
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)

@@ -112,15 +112,14 @@ class Trainer:
                    desc="training", unit="step", dynamic_ncols=True)
         try:
             with backend.blas_threads(self.config.blas_threads):
-                self._run(x_train, total, bar, interrupted, checkpoint_path, log_path)
+                self._run(x_train, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path)
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
         return self.losses
 
-    def _run(self, x_train, total, bar, interrupted, checkpoint_path, log_path):
+    def _run(self, x_train, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path):
         config, N = self.config, x_train.shape[0]
-        steps_per_epoch = math.ceil(N / config.batch_size)
         running, count = 0.0, 0
         while self.step < total:
             epoch, offset = divmod(self.step, steps_per_epoch)
