@@ -14,7 +14,6 @@ the peak memory added by the workload, and the ratio numpy / PyTorch. Results go
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics

@@ -16,7 +16,6 @@ Run `python -m numpy_ddpm.gradcheck` for a table over every layer and both model
 """
 
 from . import backend
-from .layers import MSELoss
 
 
 def rel_error(analytic, numeric):

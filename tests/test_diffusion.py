@@ -23,7 +23,7 @@ def test_schedule_identities():
     assert s.host["alpha_bar"][-1] < 1e-4          # x_T is nearly pure noise
     # the posterior of x_{t-1} given x_t, x_0 (Gaussian algebra), at some t
     t = 500
-    ab, ab_prev, b = s.host["alpha_bar"][t], s.host["alpha_bar"][t - 1], beta[t]
+    ab_prev, b = s.host["alpha_bar"][t - 1], beta[t]
     precision = (1 - b) / b + 1 / (1 - ab_prev)
     np.testing.assert_allclose(s.host["beta_tilde"][t], 1 / precision, rtol=1e-10)
     # its mean: precision-weighted x_t (through q(x_t | x_{t-1})) and x_0 (through q(x_{t-1} | x_0))
