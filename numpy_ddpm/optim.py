@@ -1,10 +1,17 @@
-"""Adam (Kingma & Ba, 2015, Algorithm 1) and the exponential moving average of the weights.
+"""Adam (Kingma & Ba, 2015, Algorithm 1), the exponential moving average of the weights, and
+the schedules of both over the steps of a run (learning-rate warm-up and decay, EMA warm-up).
 
-Both work in place on a list of (param, grad) array pairs: pass `model.flat_parameters()`'s
-one pair of whole-model buffers, or the per-layer arrays of `model.parameters()`.
+Adam and the EMA work in place on a list of (param, grad) array pairs: pass
+`model.flat_parameters()`'s one pair of whole-model buffers, or the per-layer arrays of
+`model.parameters()`. The schedules are plain functions of the step count, so a resumed run
+recomputes exactly the values an uninterrupted one used.
 """
 
+import math
+
 from . import backend
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def adam_update(param, grad, m, v, t, lr, beta1, beta2, eps):
@@ -104,3 +111,37 @@ class EMA:
             saved = param.copy()
             param[...] = average
             average[...] = saved
+
+
+# Schedules over the steps of a run -----------------------------------------------------------
+
+def learning_rate(step, base_lr, schedule="constant", warmup_steps=0, total_steps=None):
+    """The learning rate of step `step` (1, 2, ..., total_steps), for Adam's update at that step.
+
+    Warm-up: lr = base_lr * step / warmup_steps for step <= warmup_steps; then, with
+    p = (step - warmup_steps) / (total_steps - warmup_steps) in (0, 1]:
+        "constant": lr = base_lr
+        "cosine":   lr = base_lr * (1 + cos(pi p)) / 2        (Loshchilov & Hutter, 2017)
+        "linear":   lr = base_lr * (1 - p)
+    The last step of a decaying schedule has lr 0, so it leaves the weights where they are.
+    """
+    if step <= warmup_steps:
+        return base_lr * step / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    p = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    if schedule == "cosine":
+        return base_lr * (1 + math.cos(math.pi * min(p, 1.0))) / 2
+    if schedule == "linear":
+        return base_lr * max(1 - p, 0.0)
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+
+
+def ema_decay(step, decay, warmup=False):
+    """The EMA decay at step `step` (1, 2, ...): `decay`, or with `warmup`
+    min(decay, (1 + step) / (10 + step)), which averages over the last (10 + step) / 9 steps,
+    about a ninth of the run so far (decay 0.5 at step 8, 0.9 at step 80, 0.99 at step 890),
+    until it reaches `decay`: a short run is then not stuck near its initial weights."""
+    if not warmup:
+        return decay
+    return min(decay, (1 + step) / (10 + step))

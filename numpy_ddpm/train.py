@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from . import backend, checkpoint
 from .diffusion import train_step
-from .optim import EMA, Adam
+from .optim import EMA, LR_SCHEDULES, Adam, ema_decay, learning_rate
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     seed: int = 0
     reset_adam_each_epoch: bool = False   # the lecture's code re-creates Adam at every epoch
+    lr_schedule: str = "constant"         # "constant", "cosine" or "linear" decay (optim.learning_rate)
+    warmup_steps: int = 0                 # linear learning-rate warm-up from 0
+    ema_warmup: bool = False              # EMA decay min(ema_decay, (1 + k) / (10 + k)) at step k
     log_every: int = 100                  # read the loss every that many steps (a device sync)
     blas_threads: int | None = None       # CPU BLAS threads while training (None: the default)
 
@@ -41,6 +44,11 @@ class TrainConfig:
             raise ConfigError(f"the learning rate must be positive, not {self.learning_rate}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"the EMA decay must be in [0, 1), not {self.ema_decay}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown learning-rate schedule {self.lr_schedule!r}; "
+                              f"choose one of: {', '.join(LR_SCHEDULES)}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"the warm-up must be 0 steps or more, not {self.warmup_steps}")
 
 
 class Trainer:
@@ -80,8 +88,13 @@ class Trainer:
                 f"{path} holds a different model ({meta.get('model')}), not {self.meta.get('model')}")
         if arrays["params"].shape != self.model.flat_params.shape:
             raise checkpoint.CheckpointError(f"{path} does not match this model's parameter count")
-        for setting in ("batch_size", "seed"):    # the step count maps to (epoch, batch) through them
-            saved = meta["config"][setting]
+        # the step count maps to (epoch, batch) through the batch size and seed, and to the
+        # learning rate and EMA decay through their schedules (and, when it decays, the length)
+        settings = ["batch_size", "seed", "lr_schedule", "warmup_steps", "ema_warmup"]
+        if self.config.lr_schedule != "constant":
+            settings.append("nb_epochs")
+        for setting in settings:
+            saved = meta["config"].get(setting, TrainConfig.__dataclass_fields__[setting].default)
             if saved != getattr(self.config, setting):
                 raise checkpoint.CheckpointError(
                     f"{path} was trained with {setting.replace('_', ' ')} {saved}: resume with the same")
@@ -131,6 +144,9 @@ class Trainer:
                 _skip_draws(rng, x_train, config.batch_size, self.schedule)
             for k in range(offset, steps_per_epoch):
                 x0 = x_train[order[k * config.batch_size:(k + 1) * config.batch_size]]
+                self.optimizer.lr = learning_rate(self.step + 1, config.learning_rate, config.lr_schedule,
+                                                  config.warmup_steps, config.nb_epochs * steps_per_epoch)
+                self.ema.decay = ema_decay(self.step + 1, config.ema_decay, config.ema_warmup)
                 loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema)
                 running, count = running + loss, count + 1
                 self.step += 1
