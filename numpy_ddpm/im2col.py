@@ -100,3 +100,48 @@ def im2col(x, KH, KW, P, buffers=None):
         for i in range(KH):
             col[:, i] = x_shifted[:, :, :, i:i + OH]                    # (C, KW, N, OH, OW)
     return col.reshape(C * KH * KW, N * OH * OW)
+
+
+class Im2colConvolution:
+    """Conv2d's forward and backward as im2col + one matrix product (the reference).
+
+    While training, a column matrix of at most `layer.max_kept_bytes` is kept for the backward
+    pass (`layer.col`); a larger one is rebuilt there. Above `layer.max_col_bytes` the batch is
+    processed in chunks (`layer._chunks`)."""
+
+    def forward(self, layer, x):
+        N, C, H, W = x.shape
+        O = layer.w.shape[0]
+        OH, OW = output_size(H, W, layer.KH, layer.KW, layer.P)
+        w = layer.w.reshape(O, -1)                                         # (O, C*KH*KW)
+        y = backend.xp.empty((O, N, OH, OW), dtype=x.dtype)
+        chunks = layer._chunks(x.shape)
+        keep = layer.training and len(chunks) == 1 and layer._col_bytes(x.shape) <= layer.max_kept_bytes
+        buffers = layer.buffers if keep else layer.work_buffers
+        for n0, n1 in chunks:
+            col = im2col(x[n0:n1], layer.KH, layer.KW, layer.P, buffers)   # (C*KH*KW, n*OH*OW)
+            backend.xp.matmul(w, col, out=y[:, n0:n1].reshape(O, -1))      # y = w col
+        y += layer.b.reshape(O, 1, 1, 1)
+        layer.x = x
+        layer.col = col if keep else None
+        return y.transpose(1, 0, 2, 3)                                    # (N, O, OH, OW)
+
+    def backward(self, layer, dy):
+        O, C, KH, KW = layer.w.shape
+        # dL/dx is the convolution of dy with the kernel turned by 180 degrees and its in and out
+        # channels swapped, padded by KH - 1 - P:
+        #   dx[n, c, h, v] = sum_{o, i, j} dy_padded[n, o, h + i, v + j] w[o, c, KH-1-i, KW-1-j]
+        w_turned = layer.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, -1)   # (C, O*KH*KW)
+        layer.db += dy.sum(axis=(0, 2, 3))                                # dL/db = sum over n, oh, ow
+        dy_t = dy.transpose(1, 0, 2, 3)                                   # (O, N, OH, OW)
+        N, _, H, W = layer.x.shape
+        dx = backend.xp.empty((C, N, H, W), dtype=dy.dtype)
+        for n0, n1 in layer._chunks(layer.x.shape):
+            col = layer.col if layer.col is not None else im2col(layer.x[n0:n1], KH, KW, layer.P, layer.work_buffers)
+            dy_chunk = dy_t[:, n0:n1].reshape(O, -1)                      # (O, n*OH*OW)
+            # dL/dw = dy col^T, computed as (col dy^T)^T: the operand order BLAS runs fastest
+            layer.dw += (col @ dy_chunk.T).T.reshape(layer.dw.shape)
+            dy_col = im2col(dy[n0:n1], KH, KW, KH - 1 - layer.P, layer.work_buffers)  # (O*KH*KW, n*H*W)
+            backend.xp.matmul(w_turned, dy_col, out=dx[:, n0:n1].reshape(C, -1))     # dL/dx = w_turned dy_col
+        layer.col = None
+        return dx.transpose(1, 0, 2, 3)                                   # (N, C, H, W)

@@ -11,8 +11,8 @@ and bias), so a model trains like the lecture's PyTorch code.
 
 import math
 
-from . import backend
-from .im2col import Buffers, im2col, output_size
+from . import backend, winograd
+from .im2col import Buffers, Im2colConvolution, output_size
 
 
 def uniform(rng, bound, shape):
@@ -101,7 +101,11 @@ class Conv2d(Layer):
     x: (N, C, H, W)   w: (O, C, KH, KW)   b: (O,)   y: (N, O, OH, OW)
     OH = H + 2*P - KH + 1,  OW = W + 2*P - KW + 1
 
-    Computed as im2col + one matrix product (see im2col.py for the layout). While training,
+    `algorithm` says how it is computed: "im2col", im2col + one matrix product (im2col.py, the
+    reference); "winograd", Winograd's F(4x4, r x r) on stacked tiles (winograd.py; kernel
+    sizes 3 and 5), fewer multiplications; "auto", Winograd on the numpy backend in float32 for
+    the kernel sizes it supports, im2col elsewhere (so the float64 gradient checks and the GPU
+    run the reference). With im2col: while training,
     a column matrix of at most `max_kept_bytes` is kept for the backward pass; a larger one is
     rebuilt there, one more im2col for much less memory (the lecture's net at 28x28, batch 25:
     kept, 1.0 GB and 0.31 s a step here; rebuilt, with max_kept_bytes = 0: 0.23 GB and 0.38 to
@@ -116,9 +120,16 @@ class Conv2d(Layer):
     max_col_bytes = 256 * 2**20     # process the batch in chunks above this
     max_kept_bytes = 256 * 2**20    # keep the columns for backward up to this
 
-    def __init__(self, c_in, c_out, kernel_size, padding=0, rng=None):
+    def __init__(self, c_in, c_out, kernel_size, padding=0, rng=None, algorithm="auto"):
         if not 0 <= padding < kernel_size:
             raise ValueError(f"padding must be in [0, kernel_size), not {padding}")
+        if algorithm not in ("auto", "im2col", "winograd"):
+            raise ValueError(f"algorithm must be 'auto', 'im2col' or 'winograd', not {algorithm!r}")
+        if algorithm == "winograd" and not winograd.supports(kernel_size):
+            raise ValueError(f"Winograd's transforms are defined here for kernel sizes "
+                             f"{sorted(winograd.POINTS)}, not {kernel_size}")
+        self.algorithm = algorithm
+        self._im2col, self._winograd = Im2colConvolution(), winograd.WinogradConvolution()
         rng = rng if rng is not None else backend.host_rng()
         self.KH = self.KW = kernel_size
         self.P = padding
@@ -142,42 +153,19 @@ class Conv2d(Layer):
         n = max(1, min(N, self.max_col_bytes // (self._col_bytes(x_shape) // N)))
         return [(n0, min(n0 + n, N)) for n0 in range(0, N, n)]
 
+    def algorithm_for(self, x):
+        """The algorithm object that computes this layer on input x (see `algorithm`)."""
+        if self.algorithm == "winograd" or (self.algorithm == "auto" and backend.name == "numpy"
+                                            and x.dtype == backend.xp.float32 and winograd.supports(self.KH)):
+            return self._winograd
+        return self._im2col
+
     def forward(self, x):
-        N, C, H, W = x.shape
-        O = self.w.shape[0]
-        OH, OW = output_size(H, W, self.KH, self.KW, self.P)
-        w = self.w.reshape(O, -1)                                         # (O, C*KH*KW)
-        y = backend.xp.empty((O, N, OH, OW), dtype=x.dtype)
-        chunks = self._chunks(x.shape)
-        keep = self.training and len(chunks) == 1 and self._col_bytes(x.shape) <= self.max_kept_bytes
-        buffers = self.buffers if keep else self.work_buffers
-        for n0, n1 in chunks:
-            col = im2col(x[n0:n1], self.KH, self.KW, self.P, buffers)      # (C*KH*KW, n*OH*OW)
-            backend.xp.matmul(w, col, out=y[:, n0:n1].reshape(O, -1))      # y = w col
-        y += self.b.reshape(O, 1, 1, 1)
-        self.x = x
-        self.col = col if keep else None
-        return y.transpose(1, 0, 2, 3)                                    # (N, O, OH, OW)
+        self._running = self.algorithm_for(x)
+        return self._running.forward(self, x)
 
     def backward(self, dy):
-        O, C, KH, KW = self.w.shape
-        # dL/dx is the convolution of dy with the kernel turned by 180 degrees and its in and out
-        # channels swapped, padded by KH - 1 - P:
-        #   dx[n, c, h, v] = sum_{o, i, j} dy_padded[n, o, h + i, v + j] w[o, c, KH-1-i, KW-1-j]
-        w_turned = self.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, -1)   # (C, O*KH*KW)
-        self.db += dy.sum(axis=(0, 2, 3))                                 # dL/db = sum over n, oh, ow
-        dy_t = dy.transpose(1, 0, 2, 3)                                   # (O, N, OH, OW)
-        N, _, H, W = self.x.shape
-        dx = backend.xp.empty((C, N, H, W), dtype=dy.dtype)
-        for n0, n1 in self._chunks(self.x.shape):
-            col = self.col if self.col is not None else im2col(self.x[n0:n1], KH, KW, self.P, self.work_buffers)
-            dy_chunk = dy_t[:, n0:n1].reshape(O, -1)                      # (O, n*OH*OW)
-            # dL/dw = dy col^T, computed as (col dy^T)^T: the operand order BLAS runs fastest
-            self.dw += (col @ dy_chunk.T).T.reshape(self.dw.shape)
-            dy_col = im2col(dy[n0:n1], KH, KW, KH - 1 - self.P, self.work_buffers)  # (O*KH*KW, n*H*W)
-            backend.xp.matmul(w_turned, dy_col, out=dx[:, n0:n1].reshape(C, -1))   # dL/dx = w_turned dy_col
-        self.col = None
-        return dx.transpose(1, 0, 2, 3)                                   # (N, C, H, W)
+        return self._running.backward(self, dy)
 
 
 class Sequential(Layer):
