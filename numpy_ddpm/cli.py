@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from . import backend
+from . import backend, distributed
 
 
 class UserError(Exception):
@@ -40,6 +40,8 @@ def common_parser(description, **defaults):
                         help="also save the reverse process as a strip (t = 1000, 875, ..., 0) and a GIF")
     parser.add_argument("--no-window", action="store_true", help="only write files, open no window")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel training over the ranks of mpiexec -n P (see numpy_ddpm/distributed.py)")
     return parser
 
 
@@ -49,6 +51,9 @@ def check_common(args):
         least = 0 if flag == "nb_epochs" else 1
         if value < least:
             raise UserError(f"--{flag.replace('_', '-')} must be at least {least}, not {value}")
+    args.comm = distributed.connect(vars(args)) if args.distributed else distributed.SINGLE
+    if args.distributed and args.backend == "cupy" and args.device is None:
+        args.device = distributed.cuda_device(args.comm.rank)        # rank r: device r modulo the visible ones
     backend.use(args.backend, args.device, tf32=args.tf32)
     backend.use_fused = not args.no_fused
     os.makedirs(args.out, exist_ok=True)
@@ -61,19 +66,17 @@ def run(main):
     from .train import ConfigError, TrainingStopped
     try:
         main()
-    except (UserError, backend.BackendError, DataError, CheckpointError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, backend.BackendError, DataError, CheckpointError, ConfigError,
+            distributed.DistributedError) as error:
+        distributed.end(f"error: {error}", 2)        # one process: print and exit
     except OSError as error:          # an unwritable --out, a full disk
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        distributed.end(f"error: {error}", 2)
     except TrainingStopped as error:
-        print(f"stopped: {error}", file=sys.stderr)
-        sys.exit(130)
+        distributed.end(f"stopped: {error}", 130)
     except KeyboardInterrupt:         # outside training (sampling, plotting): the checkpoint is complete
-        print("stopped: interrupted after training; --resume with the checkpoint in --out samples again",
-              file=sys.stderr)
-        sys.exit(130)
+        distributed.end("stopped: interrupted after training; --resume with the checkpoint in --out samples again", 130)
+    except Exception:                 # a bug: its traceback (under MPI, then every rank is aborted)
+        distributed.end_on_bug()
 
 
 def show_window(enabled):

@@ -5,6 +5,7 @@ Everything works in the standardised space of the data, x0 = (x - mean) / std; t
 """
 
 from . import backend
+from .distributed import SINGLE
 from .layers import MSELoss
 
 
@@ -29,7 +30,7 @@ def loss_and_backward(model, x0, t, eps, schedule):
     return loss
 
 
-def train_step(model, optimizer, x0, schedule, rng, ema=None):
+def train_step(model, optimizer, x0, schedule, rng, ema=None, comm=SINGLE):
     """Algorithm 1, one iteration on a batch x0 (standardised), with Adam (and the EMA).
 
     Returns the loss as a 0-d backend array: reading it (float(loss)) waits for the device.
@@ -41,7 +42,11 @@ def train_step(model, optimizer, x0, schedule, rng, ema=None):
     eps = rng.standard_normal(x0.shape, dtype=x0.dtype)
     # 5: gradient step on ||eps - eps_theta(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, t)||^2
     #    (the lecture's figure writes alpha_t; the code, like the paper's eq. 14, uses alpha_bar_t)
-    loss = loss_and_backward(model, x0, t, eps, schedule)
+    #    on this rank's rows of the batch (all of them in one process), and the all-reduce of
+    #    the gradients makes it the whole batch's gradient on every rank (distributed.py)
+    mine = comm.part(x0.shape[0])
+    loss = loss_and_backward(model, x0[mine], t[mine], eps[mine], schedule)
+    loss = comm.sum_gradients(model.flat_grads, loss, x0.shape[0])
     optimizer.step()
     if ema is not None:
         ema.update()

@@ -6,7 +6,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from . import backend, plots
+from . import backend, distributed, plots
 from .checkpoint import CheckpointError
 from .data import standardise
 from .diffusion import generate
@@ -19,8 +19,11 @@ TRAJECTORY_EVERY = 5      # record x_t every that many steps for the GIF (and at
 def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None):
     """Train `model` on the host data x_host (N, ...) as args say, then draw args.nb_generated
     samples. Returns (generated, trainer, frames) as host arrays in the data's own scale;
-    frames is [(t, x_t)] when args.trajectory, else []."""
+    frames is [(t, x_t)] when args.trajectory, else []. Under --distributed (args.comm), the
+    ranks train together, each draws its share of the samples (its noise seeded by its rank),
+    and rank 0 gathers them, writes and returns; the other ranks exit after the gather."""
     np = backend.np
+    comm = getattr(args, "comm", distributed.SINGLE)
     x_standardised, mean, std = standardise(x_host)
     meta = {**meta, "mean": mean, "std": std}
     schedule = Schedule()
@@ -28,11 +31,11 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None)
                          learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
                          reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads)
     steps = args.nb_epochs * math.ceil(len(x_host) / args.batch_size)
-    if steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
+    if comm.rank == 0 and steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
         print(f"warning: an EMA decay of {args.ema_decay} averages over about {1 / (1 - args.ema_decay):.0f} "
               f"steps, and this run has {steps}: the samples will come from weights still close to "
               f"their initialisation; lower --ema-decay or train longer", file=sys.stderr)
-    trainer = Trainer(model, schedule, config, meta)
+    trainer = Trainer(model, schedule, config, meta, comm=comm)
     if args.resume:
         saved = trainer.load(args.resume)
         if (saved["mean"], saved["std"]) != (mean, std):
@@ -49,11 +52,14 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None)
         if t % TRAJECTORY_EVERY == 0 or t in plots.TRAJECTORY_TIMES:
             frames.append((t, backend.to_numpy(x) * std + mean))
 
-    bar = None if args.no_progress else (lambda steps: tqdm(steps, desc="sampling", unit="step", dynamic_ncols=True))
-    rng = backend.default_rng(args.seed, 1_000_003)
-    x = generate(model, (args.nb_generated,) + sample_shape, schedule, rng, progress=bar,
+    bar = None if args.no_progress or comm.rank != 0 else (lambda steps: tqdm(steps, desc="sampling", unit="step", dynamic_ncols=True))
+    rng = backend.default_rng(args.seed, 1_000_003, *comm.sampling_keys())
+    x = generate(model, (comm.part_size(args.nb_generated),) + sample_shape, schedule, rng, progress=bar,
                  callback=record if args.trajectory else None)
-    generated = backend.to_numpy(x) * std + mean                               # one transfer back
+    generated = comm.gather_rows(backend.to_numpy(x))                          # one transfer back
+    frames = [(t, comm.gather_rows(x_t)) for t, x_t in frames]
+    comm.done()                                                                # ranks but 0 exit here
+    generated = generated * std + mean
     np.save(os.path.join(args.out, "samples.npy"), generated)
     if trainer.losses:
         plots.loss_curve(trainer.losses, os.path.join(args.out, "loss.png"))

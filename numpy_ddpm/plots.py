@@ -118,3 +118,30 @@ def draw_frame(ax, x, data, as_images, title):
         ax.set_ylim(-lim, lim)
         ax.set_xticks([])
         ax.set_yticks([])
+
+
+def bound(terms, exact, path, title=None):
+    """The variational bound term by term (likelihood.py): L_1..L_{T-1} and L_T against t on a
+    log scale, and the running sum L_0 + ... + L_t reaching the bound at t = T, beside the exact
+    NLL (a line; None: unknown). terms: (T + 1,) nats per dimension, L_0 first."""
+    np = backend.np
+    T = len(terms) - 1
+    t = np.arange(T + 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    left.plot(t[1:T], terms[1:T], lw=1, label="$L_{t}$ = KL(q(x$_{t}$ | x$_{t+1}$, x$_0$) || p(x$_{t}$ | x$_{t+1}$))")
+    left.plot([T], [terms[T]], "o", color="C3", label=f"$L_T$ (prior) = {terms[T]:.2g}")
+    left.set_yscale("log")
+    left.set_xlabel("t")
+    left.set_ylabel("nats per dimension")
+    left.legend(fontsize=8)
+    right.plot(t, np.cumsum(terms), color="C0", label=f"$L_0$ + ... + $L_t$ ($L_0$ = {terms[0]:.3f})")
+    right.axhline(terms.sum(), color="C0", ls=":", lw=1, label=f"bound = {terms.sum():.4f}")
+    if exact is not None:
+        right.axhline(exact, color="k", ls="--", lw=1, label=f"exact NLL = {exact:.4f}")
+    right.set_xlabel("t")
+    right.set_ylabel("nats per dimension")
+    right.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from . import backend, checkpoint
 from .diffusion import train_step
+from .distributed import SINGLE
 from .optim import EMA, LR_SCHEDULES, Adam, ema_decay, learning_rate
 
 
@@ -58,10 +59,11 @@ class Trainer:
     checkpoint, and a checkpoint whose meta["model"] differs is refused at load.
     """
 
-    def __init__(self, model, schedule, config, meta=None):
+    def __init__(self, model, schedule, config, meta=None, comm=SINGLE):
         config.check()
         self.model, self.schedule, self.config = model, schedule, config
         self.meta = dict(meta or {})
+        self.comm = comm      # the ranks of a distributed run (rank 0 alone writes), SINGLE in one process
         self.optimizer = Adam(model.flat_parameters(), lr=config.learning_rate)
         self.ema = EMA(model.flat_parameters(), decay=config.ema_decay)
         self.step = 0
@@ -116,12 +118,12 @@ class Trainer:
         config, N = self.config, x_train.shape[0]
         steps_per_epoch = math.ceil(N / config.batch_size)
         total = config.nb_epochs * steps_per_epoch if max_steps is None else max_steps
-        if log_path and (self.step == 0 or not os.path.exists(log_path)):
+        if log_path and self.comm.rank == 0 and (self.step == 0 or not os.path.exists(log_path)):
             with open(log_path, "w") as file:      # a new run starts a new log; a resumed one appends
                 file.write("step,loss\n")
         interrupted = []
         previous_handler = _catch_sigint(interrupted)
-        bar = tqdm(total=total, initial=min(self.step, total), disable=not progress,
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not progress or self.comm.rank != 0,
                    desc="training", unit="step", dynamic_ncols=True)
         try:
             with backend.blas_threads(self.config.blas_threads):
@@ -147,19 +149,20 @@ class Trainer:
                 self.optimizer.lr = learning_rate(self.step + 1, config.learning_rate, config.lr_schedule,
                                                   config.warmup_steps, config.nb_epochs * steps_per_epoch)
                 self.ema.decay = ema_decay(self.step + 1, config.ema_decay, config.ema_warmup)
-                loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema)
+                loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema, comm=self.comm)
                 running, count = running + loss, count + 1
                 self.step += 1
                 bar.update(1)
-                if count == config.log_every or self.step == total or interrupted:
-                    mean_loss = float(running) / count       # one device sync
+                stop = self.comm.any(interrupted)          # Ctrl-C on any rank stops every rank here
+                if count == config.log_every or self.step == total or stop:
+                    mean_loss = self.comm.sum(float(running)) / count     # one device sync; the ranks' shares
                     running, count = 0.0, 0
                     if not math.isfinite(mean_loss):
                         kept = f"the last good checkpoint is {checkpoint_path}" if checkpoint_path else "nothing was saved"
                         raise TrainingStopped(f"the loss became {mean_loss} at step {self.step}; {kept}")
                     self.losses.append((self.step, mean_loss))
                     bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
-                if interrupted:
+                if stop:
                     self._save_all(checkpoint_path, log_path)
                     where = f"saved to {checkpoint_path}" if checkpoint_path else "not saved (no path)"
                     raise TrainingStopped(f"interrupted at step {self.step}; checkpoint {where}")
@@ -168,6 +171,8 @@ class Trainer:
             self._save_all(checkpoint_path, log_path)
 
     def _save_all(self, checkpoint_path, log_path):
+        if self.comm.rank != 0:
+            return
         if checkpoint_path:
             self.save(checkpoint_path)
         if log_path:
