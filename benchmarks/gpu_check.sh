@@ -18,6 +18,8 @@ start=$(date +%s.%N)
 python demos/toy2d.py --backend cupy --no-window --out "$out/toy2d" 2>&1 | tail -3 | tee "$out/toy2d.log" || status=1
 end=$(date +%s.%N)
 echo "wall time: $(python -c "print(f'{$end - $start:.1f}')") s" | tee -a "$out/toy2d.log"
+echo "== two GPUs: NCCL data-parallel training follows the 1-GPU run (skips with fewer than 2 GPUs or no mpi4py)"
+python -m pytest -q -rs tests/test_distributed.py -k gpus 2>&1 | tee "$out/nccl.log" || status=1
 echo "== benchmark rows (cupy, and PyTorch on CUDA when it is installed)"
 python benchmarks/bench.py --backends cupy --json "$out/bench.json" --markdown "$out/bench.md" 2>&1 | tee "$out/bench.log" || status=1
 exit $status

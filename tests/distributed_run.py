@@ -4,7 +4,7 @@
 
 or imported and called (`train`) in the test's own process. The checkpoint it writes holds the
 parameters, the EMA and Adam's moments. `--fail-rank r --fail-step k` makes rank r raise at
-step k, to test that the whole job then ends."""
+step k, to test that the whole job then ends; `--backend cupy` runs on rank r's GPU (NCCL)."""
 
 import argparse
 import os
@@ -45,8 +45,10 @@ def main():
     parser.add_argument("--fail-rank", type=int, default=-1)
     parser.add_argument("--fail-step", type=int, default=-1)
     parser.add_argument("--distributed", action="store_true")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     args = parser.parse_args()
     comm = distributed.connect(vars(args)) if args.distributed else distributed.SINGLE
+    backend.use(args.backend, distributed.cuda_device(comm.rank) if args.backend == "cupy" else None)
     step = training.train_step
 
     def failing_step(*a, **k):

@@ -162,6 +162,27 @@ def test_two_processes_follow_one(tmp_path, model, steps):
     assert_same_state(two, one)
 
 
+def _gpu_count():
+    from conftest import CUPY_SKIP
+    if CUPY_SKIP is not None:
+        return 0
+    import cupy
+    return cupy.cuda.runtime.getDeviceCount()
+
+
+@needs_mpi
+@pytest.mark.skipif(_gpu_count() < 2, reason="needs cupy and two CUDA devices (benchmarks/gpu_check.sh)")
+def test_two_gpus_over_nccl_follow_one(tmp_path):
+    from numpy_ddpm import backend
+    backend.use("cupy")
+    try:
+        one = run_here("mlp", 200, str(tmp_path / "one.npz"))
+    finally:
+        backend.use("numpy")
+    two = run_ranks(2, "mlp", 200, str(tmp_path / "two.npz"), "--backend", "cupy")
+    assert_same_state(two, one)
+
+
 @needs_mpi
 def test_a_checkpoint_resumes_with_another_number_of_processes(tmp_path):
     whole = run_here("mlp", 30, str(tmp_path / "whole.npz"))
