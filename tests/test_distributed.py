@@ -207,6 +207,26 @@ def test_a_rank_that_raises_ends_every_rank(tmp_path, failing_rank):
 
 
 @needs_mpi
+def test_ctrl_c_stops_every_rank_after_the_same_step_and_rank_0_saves(tmp_path):
+    import signal
+    import time
+    path = tmp_path / "c.npz"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(["mpiexec", "-n", "2", sys.executable, os.path.join(HERE, "distributed_run.py"),
+                                "--steps", "1000000", "--checkpoint", str(path), "--distributed"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while not path.exists() and time.time() < deadline:      # the first epoch's checkpoint
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)          # mpiexec passes it on to the ranks
+    _, stderr = process.communicate(timeout=60)
+    last = stderr.strip().splitlines()[-1]
+    assert process.returncode == 130 and last.startswith("stopped: interrupted at step"), stderr
+    assert stderr.count("stopped:") == 1                    # from rank 0 alone
+    assert checkpoint.load(str(path))[1]["step"] == int(last.split("interrupted at step ")[1].split(";")[0])
+
+
+@needs_mpi
 def test_ranks_started_with_other_flags_is_a_one_line_error(tmp_path):
     demo = [sys.executable, os.path.join(ROOT, "demos", "toy2d.py"), "--distributed", "--out", str(tmp_path),
             "--no-window", "--nb-samples", "50"]
