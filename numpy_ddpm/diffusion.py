@@ -34,6 +34,9 @@ def train_step(model, optimizer, x0, schedule, rng, ema=None, comm=SINGLE):
     """Algorithm 1, one iteration on a batch x0 (standardised), with Adam (and the EMA).
 
     Returns the loss as a 0-d backend array: reading it (float(loss)) waits for the device.
+
+    `comm` (distributed.py) gives this rank its slice of the batch and sums the gradients over
+    the ranks; the loss returned is then this rank's share of the batch's mean loss.
     """
     # 2: x0 ~ q(x0): the batch
     # 3: t ~ Uniform({1, ..., T}), as indices 0..T-1
