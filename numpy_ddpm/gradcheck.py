@@ -57,7 +57,7 @@ def relu_margin(layer, x, *args):
     for index, sub in enumerate(layers):
         if isinstance(sub, ReLU):
             margin = min(margin, float(backend.xp.abs(x).min()))
-        x = sub.forward(x, *args) if index == 0 else sub.forward(x)
+        x = sub.forward(x, *args[index:index + 1])      # t to the first layer, the label to the second
     return margin
 
 
@@ -69,6 +69,28 @@ def away_from_kinks(layer, shape, *args, margin=1e-4, rng=None, tries=200):
         if relu_margin(layer, x, *args) >= margin:
             return x
     raise RuntimeError(f"no input of shape {shape} keeps its ReLUs {margin} from their kink")
+
+
+class LossLayer:
+    """A loss against fixed targets, seen as a layer whose output is the loss, shape (1,), so it
+    is checked like any layer: y = [loss(x, target)], backward(dy) = dy * dloss/dx."""
+
+    param_names = {}
+
+    def __init__(self, loss_fn, target):
+        self.loss_fn, self.target = loss_fn, target
+
+    def forward(self, x):
+        return self.loss_fn.forward(x, self.target).reshape(1)
+
+    def backward(self, dy):
+        return self.loss_fn.backward() * dy
+
+    def parameters(self):
+        return iter(())
+
+    def zero_grad(self):
+        pass
 
 
 def check(layer, x, *args, **options):
@@ -119,7 +141,7 @@ def gradients(layer, x, *args, rng=None, loss=None, h=1e-5, max_entries=None):
 
 def _cases():
     """(label, layer, x, args) for the table: every layer, and both models small and full."""
-    from .layers import Conv2d, Linear, ReLU, Sequential, TimeAppender
+    from .layers import Conv2d, LabelAppender, Linear, ReLU, Sequential, SoftmaxCrossEntropy, TimeAppender
     from .models import convnet, mlp
     rng = backend.host_rng(1)
 
@@ -140,6 +162,15 @@ def _cases():
     yield "mlp(2, hidden=256)", *kink_free(mlp(2), (8, 2), randn(8))
     yield "convnet(1, width=8, kernel_size=3)", *kink_free(convnet(1, width=8, kernel_size=3), (2, 1, 6, 6), 0.1)
     yield "convnet(1) (lecture's, 8x8)", *kink_free(convnet(1), (1, 1, 8, 8), -0.3, margin=3e-6)
+    classes = backend.asarray(rng.integers(0, 4, 8))          # labels in 0..K, K = 3 the "no label"
+    yield "LabelAppender(3) (N, D)", LabelAppender(3), randn(8, 2), (classes,), h
+    yield "LabelAppender(3) (N, C, H, W)", LabelAppender(3), randn(8, 1, 3, 3), (classes,), h
+    yield "mlp(2, hidden=256, nb_classes=3)", *kink_free(mlp(2, nb_classes=3), (8, 2), randn(8), classes)
+    yield ("convnet(1, width=8, kernel_size=3, nb_classes=3)",
+           *kink_free(convnet(1, width=8, kernel_size=3, nb_classes=3), (2, 1, 6, 6), 0.1, classes[:2]))
+    labels = backend.asarray(rng.integers(0, 10, 6))
+    yield "SoftmaxCrossEntropy (6, 10)", LossLayer(SoftmaxCrossEntropy(), labels), randn(6, 10), (), h
+    yield "Linear(5, 10), SoftmaxCrossEntropy", Sequential(Linear(5, 10, rng), LossLayer(SoftmaxCrossEntropy(), labels)), randn(6, 5), (), h
 
 
 def main():

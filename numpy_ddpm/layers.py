@@ -95,6 +95,31 @@ class TimeAppender(Layer):
         return dy[:, :-1]                   # the time column carries no gradient to x
 
 
+class LabelAppender(Layer):
+    """Appends the label y as a one-hot code of K + 1 classes (class K: "no label"), the way
+    TimeAppender appends t: the next layer's weights on these columns act as a learned class
+    embedding (classifier-free guidance, Ho & Salimans 2022).
+
+    x: (N, D)        -> (N, D + K + 1), the code as K + 1 more columns;
+    x: (N, C, H, W)  -> (N, C + K + 1, H, W), as K + 1 more constant channels.
+    labels: (N,) integers in 0..K.
+    """
+
+    def __init__(self, nb_classes):
+        self.nb_classes = nb_classes        # K
+
+    def forward(self, x, labels):
+        xp = backend.xp
+        N, K = x.shape[0], self.nb_classes
+        one_hot = (labels.reshape(N, 1) == xp.arange(K + 1)).astype(x.dtype)      # (N, K + 1)
+        one_hot = one_hot.reshape((N, K + 1) + (1,) * (x.ndim - 2))
+        one_hot = xp.broadcast_to(one_hot, (N, K + 1) + x.shape[2:])             # (N, K + 1, ...)
+        return xp.concatenate((x, one_hot), axis=1)
+
+    def backward(self, dy):
+        return dy[:, :-(self.nb_classes + 1)]   # the label is an integer: no gradient goes to it
+
+
 class Conv2d(Layer):
     """2-D convolution (a cross-correlation, as in PyTorch), stride 1, zero padding P.
 
@@ -169,8 +194,9 @@ class Conv2d(Layer):
 
 
 class Sequential(Layer):
-    """Layers applied in order. Extra arguments of `forward` (the time t) go to the first layer,
-    as in the lecture, where the model's input is the pair (x_t, t).
+    """Layers applied in order. Extra arguments of `forward` go to the first layers, one each:
+    the time t to the first, as in the lecture, where the model's input is the pair (x_t, t),
+    and for a conditional model the label y to the second (TimeAppender, LabelAppender).
 
     All parameters live in one flat buffer and all gradients in another (each layer's arrays
     are views into them), so the optimiser, the EMA and `zero_grad` are a few whole-model
@@ -203,8 +229,9 @@ class Sequential(Layer):
         return flat_params, flat_grads
 
     def forward(self, x, *args):
-        x = self.layers[0].forward(x, *args)
-        for layer in self.layers[1:]:
+        for layer, arg in zip(self.layers, args):
+            x = layer.forward(x, arg)
+        for layer in self.layers[len(args):]:
             x = layer.forward(x)
         return x
 
@@ -249,3 +276,35 @@ class MSELoss:
 
     def backward(self):
         return self.diff * (2 / self.diff.size)     # d/dy mean((y - target)^2) = 2 (y - target) / size
+
+
+class SoftmaxCrossEntropy:
+    """loss = -(1/N) sum_n log softmax(z_n)[label_n], the classifier's loss; backward gives dloss/dz.
+
+    z: (N, K) logits   labels: (N,) integers in [0, K)   loss: a scalar
+    log softmax(z)_k = (z_k - m) - log sum_j exp(z_j - m) with m = max_j z_j: every exponent is
+    at most 0, so exp never overflows, and the largest term of the sum is 1, so log never sees 0.
+    """
+
+    @staticmethod
+    def log_softmax(z):
+        """log softmax over the last axis, shifted by the row maximum (see above). (N, K) -> (N, K)"""
+        xp = backend.xp
+        shifted = z - z.max(axis=-1, keepdims=True)
+        return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+
+    def forward(self, z, labels):
+        log_p = self.log_softmax(z)                                       # (N, K)
+        self.p = backend.xp.exp(log_p)                                    # softmax(z), for backward
+        self.labels = labels
+        return -log_p[backend.xp.arange(len(labels)), labels].mean()
+
+    def difference(self, z_plus, z_minus, labels):
+        """loss(z_plus) - loss(z_minus), for the gradient checks (leaves the cached p alone)."""
+        rows = backend.xp.arange(len(labels))
+        return (self.log_softmax(z_minus)[rows, labels] - self.log_softmax(z_plus)[rows, labels]).mean()
+
+    def backward(self):
+        dz = self.p.copy()                                                # dloss/dz = (softmax(z) - onehot(label)) / N
+        dz[backend.xp.arange(len(self.labels)), self.labels] -= 1
+        return dz / len(self.labels)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend, gradcheck
-from numpy_ddpm.layers import Conv2d, Linear, MSELoss, ReLU, Sequential, TimeAppender
+from numpy_ddpm.layers import Conv2d, Linear, MSELoss, ReLU, Sequential, SoftmaxCrossEntropy, TimeAppender
 from numpy_ddpm.models import convnet, mlp
 
 from conftest import to_np
@@ -171,6 +171,24 @@ def test_mse_composed_with_model(float64, make, shape, t, seed):
     x = gradcheck.away_from_kinks(model, shape, t, rng=rng)
     target = randn(rng, *shape)
     assert_all_checked(gradcheck.check(model, x, t, rng=rng, loss=(MSELoss(), target)), model)
+
+
+def test_softmax_cross_entropy(float64):
+    """The loss against its definition (stable at logits of +-1000), dloss/dlogits against
+    central differences with a random upstream scalar, and composed with a Linear layer."""
+    rng = np.random.default_rng(12)
+    z, labels = randn(rng, 6, 10), backend.asarray(rng.integers(0, 10, 6))
+    loss = SoftmaxCrossEntropy()
+    p = np.exp(to_np(z)) / np.exp(to_np(z)).sum(axis=1, keepdims=True)
+    assert np.isclose(float(loss.forward(z, labels)), -np.log(p[np.arange(6), to_np(labels)]).mean())
+    as_layer = gradcheck.LossLayer(loss, labels)
+    assert_all_checked(gradcheck.check(as_layer, z, rng=rng), as_layer)
+    model = Linear(5, 10, rng)
+    assert_all_checked(gradcheck.check(model, randn(rng, 6, 5), rng=rng, loss=(SoftmaxCrossEntropy(), labels)), model)
+    extreme = backend.asarray([[1000.0, 0.0, -1000.0]])
+    for label, expected in ((0, 0.0), (2, 2000.0)):
+        assert float(loss.forward(extreme, backend.asarray([label]))) == pytest.approx(expected)
+        assert np.all(np.isfinite(to_np(loss.backward())))
 
 
 def test_gradcheck_catches_a_wrong_backward(float64):
