@@ -74,11 +74,40 @@ def sampling_step(xt, eps_hat, z, t, schedule):
     return _sampling_step(xt, eps_hat, z, c_eps, sqrt_alpha, T(sigma))
 
 
+# One step of DDIM (eq. 12 of Song et al.), as diffusion.ddim_step:
+#   x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t)
+#   x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma_t^2) eps_hat + sigma_t z
+_ddim_step = cupy.ElementwiseKernel(
+    "T xt, T eps_hat, T z, T sqrt_one_minus_alpha_bar, T sqrt_alpha_bar, T sqrt_alpha_bar_prev, "
+    "T c_direction, T sigma",
+    "T x",
+    "x = sqrt_alpha_bar_prev * ((xt - sqrt_one_minus_alpha_bar * eps_hat) / sqrt_alpha_bar) "
+    "+ c_direction * eps_hat + sigma * z;",
+    "numpy_ddpm_ddim_step")
+_ddim_step_no_noise = cupy.ElementwiseKernel(
+    "T xt, T eps_hat, T sqrt_one_minus_alpha_bar, T sqrt_alpha_bar, T sqrt_alpha_bar_prev, T c_direction",
+    "T x",
+    "x = sqrt_alpha_bar_prev * ((xt - sqrt_one_minus_alpha_bar * eps_hat) / sqrt_alpha_bar) "
+    "+ c_direction * eps_hat;",
+    "numpy_ddpm_ddim_step_no_noise")
+
+
+def ddim_step(xt, eps_hat, z, t, t_prev, schedule, eta):
+    alpha_bar, alpha_bar_prev, sigma = diffusion.ddim_sigma(t, t_prev, schedule, eta)
+    T = xt.dtype.type
+    coefficients = (T((1 - alpha_bar) ** 0.5), T(alpha_bar ** 0.5), T(alpha_bar_prev ** 0.5),
+                    T(max(0.0, 1 - alpha_bar_prev - sigma ** 2) ** 0.5))
+    if z is None:
+        return _ddim_step_no_noise(xt, eps_hat, *coefficients)
+    return _ddim_step(xt, eps_hat, z, *coefficients, T(sigma))
+
+
 # name -> (fused kernel, the reference it must match)
 REFERENCES = {
     "adam_update": (adam_update, optim.adam_update),
     "ema_update": (ema_update, optim.ema_update),
     "q_sample": (q_sample, diffusion.q_sample),
     "sampling_step": (sampling_step, diffusion.sampling_step),
+    "ddim_step": (ddim_step, diffusion.ddim_step),
 }
 REGISTRY = {name: fused for name, (fused, _) in REFERENCES.items()}

@@ -3,9 +3,14 @@
     python demos/mnist.py                                  # 8x8 digits, offline, a few CPU minutes
     python demos/mnist.py --data mnist --nb-samples 25000 --nb-epochs 100 --backend cupy
                                                            # the lecture's configuration (a GPU job)
+    python demos/mnist.py --conditional --guidance-sweep 0,1,3,7
+                                                           # one row per digit, four guidance scales
 
 Writes into --out: images.png (training images on top, generated ones below), samples.npy,
 checkpoint.npz, loss.csv, loss.png, and with --trajectory trajectory.png and trajectory.gif.
+With --conditional, images.png has one row per class (0 to 9) and labels.npy the class of each
+row of samples.npy; --guidance-sweep adds guidance.png, the same grid (from the same noise) for
+each guidance scale, side by side.
 MNIST and Fashion-MNIST are read from --data-dir, or downloaded once into ~/.cache/numpy-ddpm.
 """
 
@@ -14,9 +19,29 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import numpy as np  # noqa: E402
+
 from numpy_ddpm import cli, data, plots  # noqa: E402
-from numpy_ddpm.experiment import train_and_sample  # noqa: E402
+from numpy_ddpm.experiment import sample_again, train_and_sample  # noqa: E402
 from numpy_ddpm.models import convnet  # noqa: E402
+
+
+NB_CLASSES = 10      # the digits 0 to 9 (Fashion-MNIST: its 10 kinds of clothing)
+
+
+def guidance_values(args):
+    """The scales of --guidance-sweep as floats ([] without it); a sentence if wrong."""
+    if not args.guidance_sweep:
+        return []
+    if not args.conditional:
+        raise cli.UserError("--guidance-sweep needs --conditional (a class-conditional model)")
+    try:
+        values = [float(v) for v in args.guidance_sweep.split(",")]
+    except ValueError:
+        raise cli.UserError(f"--guidance-sweep takes numbers separated by commas, not {args.guidance_sweep!r}") from None
+    if any(not v >= 0 for v in values):
+        raise cli.UserError(f"--guidance-sweep values must be 0 or more, not {args.guidance_sweep}")
+    return values
 
 
 def main():
@@ -28,23 +53,46 @@ def main():
     parser.add_argument("--data-dir", help="directory with the IDX files (MNIST, Fashion-MNIST)")
     parser.add_argument("--width", type=int, default=64, help="channels of the hidden convolutions")
     parser.add_argument("--kernel-size", type=int, default=5)
+    parser.add_argument("--guidance-sweep", metavar="S1,S2,...",
+                        help="with --conditional: also draw the grid at each of these guidance scales")
     args = parser.parse_args()
     data.require(args.data, data.IMAGES, "image data set")
     if args.width < 1 or args.kernel_size < 1 or args.kernel_size % 2 == 0:
         raise cli.UserError("--width must be positive and --kernel-size a positive odd number")
+    sweep = guidance_values(args)
     cli.check_common(args)
 
-    x = data.images(args.data, args.nb_samples, data_dir=args.data_dir)           # (N, 1, H, W) host
-    model = convnet(x.shape[1], width=args.width, kernel_size=args.kernel_size, seed=args.seed)
-    meta = {"model": f"convnet(channels={x.shape[1]}, width={args.width}, kernel_size={args.kernel_size})",
-            "data": args.data}
-    generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:])
+    if args.conditional:
+        x, labels = data.images(args.data, args.nb_samples, data_dir=args.data_dir, labels=True)
+    else:
+        x, labels = data.images(args.data, args.nb_samples, data_dir=args.data_dir), None  # (N, 1, H, W) host
+    K = NB_CLASSES if args.conditional else None
+    description = f"convnet(channels={x.shape[1]}, width={args.width}, kernel_size={args.kernel_size})"
+    sample_labels = None
+    if args.conditional:
+        description = f"{description[:-1]}, nb_classes={K})"
+        per_class = -(-args.nb_generated // K)
+        sample_labels = np.repeat(np.arange(K), per_class)          # one row of the grid per class
+        args.nb_generated = len(sample_labels)
+    model = convnet(x.shape[1], width=args.width, kernel_size=args.kernel_size, seed=args.seed, nb_classes=K)
+    meta = {"model": description, "data": args.data}
+    generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:], labels=labels,
+                                                  sample_labels=sample_labels)
 
-    plots.images(x[:len(generated)], generated, os.path.join(args.out, "images.png"))
+    if args.conditional:
+        np.save(os.path.join(args.out, "labels.npy"), sample_labels)
+        real = np.concatenate([x[labels == k][:per_class] for k in range(K)])     # the same rows of classes
+        plots.images(real, generated, os.path.join(args.out, "images.png"), columns=per_class)
+    else:
+        plots.images(x[:len(generated)], generated, os.path.join(args.out, "images.png"))
+    if sweep:
+        grids = [generated if s == args.guidance else sample_again(args, trainer, x.shape[1:], sample_labels, s)
+                 for s in sweep]
+        plots.guidance_grids(grids, sweep, per_class, os.path.join(args.out, "guidance.png"))
     if frames:
         plots.trajectory(frames, None, os.path.join(args.out, "trajectory.png"),
                          os.path.join(args.out, "trajectory.gif"), as_images=True)
-    print(f"wrote {args.out}/images.png, samples.npy, checkpoint.npz, loss.csv")
+    print(f"wrote {args.out}/images.png{', guidance.png' if sweep else ''}, samples.npy, checkpoint.npz, loss.csv")
     cli.show_window(not args.no_window)
 
 

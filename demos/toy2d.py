@@ -2,16 +2,22 @@
 
     python demos/toy2d.py                      # the spiral, the lecture's settings, on numpy
     python demos/toy2d.py --data two_discs --backend cupy
+    python demos/toy2d.py --resume runs/toy2d/checkpoint.npz --sampler ddim --sampling-steps 20
+    python demos/toy2d.py --data two_discs --conditional --guidance 3
 
 1-D sets are drawn as histograms, 2-D sets as scatter plots, generated points in red over the
-training data in grey. Writes into --out: toy.png, samples.npy, checkpoint.npz, loss.csv,
-loss.png, and with --trajectory trajectory.png and trajectory.gif.
+training data in grey (coloured by class with --conditional, their labels spread evenly over
+the classes, or all of --label). Writes into --out: toy.png, samples.npy, checkpoint.npz,
+loss.csv, loss.png, with --conditional labels.npy (the class asked for each row of
+samples.npy), and with --trajectory trajectory.png and trajectory.gif.
 """
 
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
 
 from numpy_ddpm import cli, data, metrics, plots  # noqa: E402
 from numpy_ddpm.experiment import train_and_sample  # noqa: E402
@@ -22,16 +28,33 @@ def main():
     parser = cli.common_parser(__doc__.splitlines()[0], out="runs/toy2d")
     parser.add_argument("--data", default="spiral", help=f"one of: {', '.join(data.TOY)}")
     parser.add_argument("--hidden", type=int, default=256, help="width of the MLP's hidden layers")
+    parser.add_argument("--label", type=int, default=None, help="with --conditional: draw only this class")
     args = parser.parse_args()
     data.require(args.data, data.TOY)
+    if args.conditional:
+        data.require_classes(args.data)
+        K = data.NB_CLASSES[args.data]
+        if args.label is not None and not 0 <= args.label < K:
+            raise cli.UserError(f"--label must be a class of {args.data}, 0 to {K - 1}, not {args.label}")
     cli.check_common(args)
 
-    x = data.toy(args.data, args.nb_samples, seed=args.seed)                  # (N, D) host
-    model = mlp(x.shape[1], hidden=args.hidden, seed=args.seed)
-    meta = {"model": f"mlp(dim={x.shape[1]}, hidden={args.hidden})", "data": args.data}
+    x, labels = data.toy_labelled(args.data, args.nb_samples, seed=args.seed)  # (N, D), (N,) host
+    description = f"mlp(dim={x.shape[1]}, hidden={args.hidden})"
+    sample_labels = None
+    if args.conditional:
+        description = f"{description[:-1]}, nb_classes={K})"
+        # the classes spread evenly over the generated points, or --label for all
+        sample_labels = np.full(args.nb_generated, args.label) if args.label is not None \
+            else np.arange(args.nb_generated) % K
+    model = mlp(x.shape[1], hidden=args.hidden, seed=args.seed, nb_classes=K if args.conditional else None)
+    meta = {"model": description, "data": args.data}
     # the MLP's small matrix products run faster on one BLAS thread than split over two
     threads = 1 if args.batch_size <= 256 else None
-    generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads=threads)
+    generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads=threads,
+                                                  labels=labels if args.conditional else None,
+                                                  sample_labels=sample_labels)
+    if args.conditional:
+        np.save(os.path.join(args.out, "labels.npy"), sample_labels)
 
     (distance, floor), (energy, energy_floor) = metrics.distances_to_data(generated, args.data)
     kind = "Wasserstein-1" if x.shape[1] == 1 else "sliced Wasserstein-1"
@@ -40,11 +63,13 @@ def main():
     print(f"{args.data}: energy distance {energy:.5f}, floor {energy_floor:.5f}")
 
     title = f"{args.data}: {len(generated)} generated points, distance / floor = {distance / floor:.2f}"
-    plots.points(x[:5000], generated, os.path.join(args.out, "toy.png"), title)
+    if args.conditional:
+        title = f"{args.data}: {len(generated)} points, guidance s = {args.guidance:g}, coloured by class"
+    plots.points(x[:5000], generated, os.path.join(args.out, "toy.png"), title, labels=sample_labels)
     if frames:
         plots.trajectory(frames, x[:5000], os.path.join(args.out, "trajectory.png"),
                          os.path.join(args.out, "trajectory.gif"), as_images=False)
-    print(f"wrote {args.out}/toy.png, samples.npy, checkpoint.npz, loss.csv")
+    print(f"wrote {args.out}/toy.png, samples.npy{', labels.npy' if args.conditional else ''}, checkpoint.npz, loss.csv")
     cli.show_window(not args.no_window)
 
 

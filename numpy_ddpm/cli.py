@@ -40,6 +40,21 @@ def common_parser(description, **defaults):
                         help="also save the reverse process as a strip (t = 1000, 875, ..., 0) and a GIF")
     parser.add_argument("--no-window", action="store_true", help="only write files, open no window")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sampling = parser.add_argument_group("sampling (also with --resume of a finished run, which then only samples)")
+    sampling.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
+                          help="ddpm: Algorithm 2, all T steps (the lecture's); ddim: Song et al.'s eq. 12")
+    sampling.add_argument("--sampling-steps", type=int, default=None,
+                          help="DDIM steps, 1 to T (default 50); DDPM always takes T")
+    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
+    sampling.add_argument("--spacing", choices=["trailing", "leading"], default="trailing",
+                          help="DDIM step indices (diffusers' conventions)")
+    guidance = parser.add_argument_group("classifier-free guidance (Ho & Salimans 2022)")
+    guidance.add_argument("--conditional", action="store_true",
+                          help="train a class-conditional model (on a data set with classes)")
+    guidance.add_argument("--guidance", type=float, default=1.0,
+                          help="guidance scale s: 0 unconditional, 1 conditional, more: further from the other classes")
+    guidance.add_argument("--cond-drop", type=float, default=0.1,
+                          help="probability of training on 'no label' instead of the label")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel training over the ranks of mpiexec -n P (see numpy_ddpm/distributed.py)")
     return parser
@@ -57,6 +72,22 @@ def check_common(args):
     backend.use(args.backend, args.device, tf32=args.tf32)
     backend.use_fused = not args.no_fused
     os.makedirs(args.out, exist_ok=True)
+
+
+def check_sampling(args, T):
+    """The sampling and guidance flags against the schedule's T steps; a sentence if wrong."""
+    if args.sampling_steps is not None and args.sampler == "ddpm" and args.sampling_steps != T:
+        raise UserError(f"--sampling-steps is for --sampler ddim: DDPM takes all {T} steps")
+    if args.sampling_steps is not None and not 1 <= args.sampling_steps <= T:
+        raise UserError(f"--sampling-steps must be between 1 and {T}, not {args.sampling_steps}")
+    if not 0 <= args.eta <= 1:
+        raise UserError(f"--eta must be in [0, 1], not {args.eta}")
+    if not args.guidance >= 0:
+        raise UserError(f"--guidance must be 0 or more, not {args.guidance}")
+    if not 0 <= args.cond_drop <= 1:
+        raise UserError(f"--cond-drop must be in [0, 1], not {args.cond_drop}")
+    if not args.conditional and (args.guidance != 1 or getattr(args, "label", None) is not None):
+        raise UserError("--guidance and --label need --conditional (a class-conditional model)")
 
 
 def run(main):

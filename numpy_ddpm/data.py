@@ -1,7 +1,10 @@
 """Data sets: the lecture's toy samplers, the usual 2-D benchmarks, and images.
 
-Samplers run on the host (numpy) with a seeded generator and return float32 arrays of shape
-(N, D); the training code uploads them once to the backend.
+Samplers run on the host (numpy) with a seeded generator and return arrays of shape (N, D);
+`toy` makes them float32, and the training code uploads them once to the backend. A set with
+natural classes (the mixture's components, the discs, the moons, ...) returns the pair
+(points, labels), labels (N,) integers in 0..K-1; `toy_labelled` gives both, for the
+class-conditional models (classifier-free guidance).
 """
 
 import gzip
@@ -27,10 +30,12 @@ def require(name, names, kind="data set"):
 # The lecture's samplers (same definitions as its script) ------------------------------------
 
 def gaussian_mixture(n, rng):
-    """1-D: two Gaussians of std 0.2 at -0.5 (weight 0.3) and +0.5 (weight 0.7)."""
+    """1-D: two Gaussians of std 0.2 at -0.5 (weight 0.3) and +0.5 (weight 0.7). Labels: the
+    component (0: at -0.5, 1: at +0.5)."""
     p, std = 0.3, 0.2
     x = rng.standard_normal((n, 1)) * std
-    return x + backend.np.sign(rng.random((n, 1)) - p) / 2
+    side = backend.np.sign(rng.random((n, 1)) - p)
+    return x + side / 2, (side[:, 0] > 0).astype(backend.np.int64)
 
 
 def ramp(n, rng):
@@ -39,24 +44,26 @@ def ramp(n, rng):
 
 
 def two_discs(n, rng):
-    """2-D: discs of radius 0.3 at (-0.5, -0.5) and 0.5 at (0.5, 0.5), equally likely."""
+    """2-D: discs of radius 0.3 at (-0.5, -0.5) and 0.5 at (0.5, 0.5), equally likely. Labels:
+    the disc (0: the small one, 1: the large one)."""
     np = backend.np
     a = rng.random(n) * math.pi * 2
     b = np.sqrt(rng.random(n))
     q = (rng.random(n) <= 0.5).astype(np.int64)
     b = b * (0.3 + 0.2 * q)
-    return np.stack((np.cos(a) * b - 0.5 + q, np.sin(a) * b - 0.5 + q), axis=1)
+    return np.stack((np.cos(a) * b - 0.5 + q, np.sin(a) * b - 0.5 + q), axis=1), q
 
 
 def disc_grid(n, rng):
-    """2-D: a 4x4 grid of discs of radius 0.1 over [-1, 1]^2."""
+    """2-D: a 4x4 grid of discs of radius 0.1 over [-1, 1]^2. Labels: the cell, 4 column + row."""
     np = backend.np
     a = rng.random(n) * math.pi * 2
     b = np.sqrt(rng.random(n)) * 0.1
     N = 4
-    q = (rng.integers(0, N, n) - (N - 1) / 2) / ((N - 1) / 2)
-    r = (rng.integers(0, N, n) - (N - 1) / 2) / ((N - 1) / 2)
-    return np.stack((np.cos(a) * b + q, np.sin(a) * b + r), axis=1)
+    column, row = rng.integers(0, N, n), rng.integers(0, N, n)
+    q = (column - (N - 1) / 2) / ((N - 1) / 2)
+    r = (row - (N - 1) / 2) / ((N - 1) / 2)
+    return np.stack((np.cos(a) * b + q, np.sin(a) * b + r), axis=1), N * column + row
 
 
 def spiral(n, rng):
@@ -71,13 +78,13 @@ def spiral(n, rng):
 # The usual 2-D benchmarks of the generative-modelling literature ------------------------------
 
 def moons(n, rng, noise=0.1):
-    """Two interleaving half circles."""
+    """Two interleaving half circles. Labels: the moon (0: the upper one)."""
     np = backend.np
     upper = rng.random(n) < 0.5
     theta = rng.random(n) * math.pi
     x = np.where(upper, np.cos(theta), 1 - np.cos(theta))
     y = np.where(upper, np.sin(theta), 0.5 - np.sin(theta))
-    return np.stack((x, y), axis=1) + noise * rng.standard_normal((n, 2))
+    return np.stack((x, y), axis=1) + noise * rng.standard_normal((n, 2)), (~upper).astype(np.int64)
 
 
 def swiss_roll(n, rng, noise=0.5):
@@ -89,41 +96,64 @@ def swiss_roll(n, rng, noise=0.5):
 
 
 def eight_gaussians(n, rng, std=0.25):
-    """Eight Gaussians evenly spaced on a circle of radius 2."""
+    """Eight Gaussians evenly spaced on a circle of radius 2. Labels: the Gaussian, by angle."""
     np = backend.np
-    angle = rng.integers(0, 8, n) * (math.pi / 4)
+    k = rng.integers(0, 8, n)
+    angle = k * (math.pi / 4)
     centers = 2 * np.stack((np.cos(angle), np.sin(angle)), axis=1)
-    return centers + std * rng.standard_normal((n, 2))
+    return centers + std * rng.standard_normal((n, 2)), k
 
 
 def checkerboard(n, rng):
-    """Uniform on the 8 black squares of a 4x4 checkerboard over [-2, 2]^2."""
+    """Uniform on the 8 black squares of a 4x4 checkerboard over [-2, 2]^2. Labels: the square,
+    2 column + (0: lower, 1: upper)."""
     np = backend.np
     x = rng.random(n) * 4 - 2
-    y = rng.random(n) + rng.integers(0, 2, n) * 2 - 2     # in [-2, -1) or [0, 1)
+    u, upper = rng.random(n), rng.integers(0, 2, n)
+    y = u + upper * 2 - 2                                 # in [-2, -1) or [0, 1)
     y = y + np.floor(x) % 2                               # shift every other column up
-    return np.stack((x, y), axis=1)
+    return np.stack((x, y), axis=1), 2 * np.floor(x + 2).astype(np.int64) + upper
 
 
 def circles(n, rng, noise=0.05):
-    """Two concentric circles of radius 1 and 0.5."""
+    """Two concentric circles of radius 1 and 0.5. Labels: the circle (0: the outer one)."""
     np = backend.np
-    radius = np.where(rng.random(n) < 0.5, 1.0, 0.5)
+    outer = rng.random(n) < 0.5
+    radius = np.where(outer, 1.0, 0.5)
     theta = rng.random(n) * 2 * math.pi
     points = np.stack((radius * np.cos(theta), radius * np.sin(theta)), axis=1)
-    return points + noise * rng.standard_normal((n, 2))
+    return points + noise * rng.standard_normal((n, 2)), (~outer).astype(np.int64)
 
 
 TOY = {f.__name__: f for f in (gaussian_mixture, ramp, two_discs, disc_grid, spiral,
                                moons, swiss_roll, eight_gaussians, checkerboard, circles)}
 
 
-def toy(name, n, seed=0):
-    """n points of the toy data set `name` as a float32 host array (n, D)."""
+NB_CLASSES = {"gaussian_mixture": 2, "two_discs": 2, "disc_grid": 16, "moons": 2, "circles": 2,
+              "eight_gaussians": 8, "checkerboard": 8}     # the sets with natural classes
+
+
+def toy_labelled(name, n, seed=0):
+    """(points, labels): n points of the toy set `name` as a float32 host array (n, D) and,
+    for a set with classes, their labels (n,) in 0..NB_CLASSES[name] - 1 (None otherwise)."""
     require(name, TOY)
     if n < 1:
         raise DataError(f"the number of samples must be at least 1, not {n}")
-    return TOY[name](n, backend.host_rng(seed)).astype(backend.np.float32)
+    drawn = TOY[name](n, backend.host_rng(seed))
+    points, labels = drawn if name in NB_CLASSES else (drawn, None)
+    return points.astype(backend.np.float32), labels
+
+
+def toy(name, n, seed=0):
+    """n points of the toy data set `name` as a float32 host array (n, D)."""
+    return toy_labelled(name, n, seed)[0]
+
+
+def require_classes(name):
+    """Raise DataError unless the toy set `name` has classes (for --conditional)."""
+    if name not in NB_CLASSES:
+        raise DataError(f"{name} has no classes to condition on; --conditional needs one of: "
+                        f"{', '.join(NB_CLASSES)}")
 
 
 def standardise(x):
@@ -244,34 +274,52 @@ def fetch_image_set(name, data_dir=None, cache_dir=None, mirrors=None):
     return directory
 
 
-def idx_images(name, n=None, data_dir=None, cache_dir=None, mirrors=None):
-    """The first n training images of MNIST or Fashion-MNIST, (n, 1, 28, 28) in [0, 1]."""
+def _idx_path(directory, file):
+    """The IDX file in `directory`, gzipped or not."""
+    path = os.path.join(directory, file)
+    return path if os.path.exists(path) else path[:-3]
+
+
+def idx_images(name, n=None, data_dir=None, cache_dir=None, mirrors=None, labels=False):
+    """The first n training images of MNIST or Fashion-MNIST, (n, 1, 28, 28) in [0, 1]; with
+    labels=True, the pair (images, labels), labels (n,) integers in 0..9."""
     directory = fetch_image_set(name, data_dir, cache_dir, mirrors)
-    path = os.path.join(directory, "train-images-idx3-ubyte.gz")
-    if not os.path.exists(path):
-        path = path[:-3]
+    path = _idx_path(directory, "train-images-idx3-ubyte.gz")
     images = read_idx(path)
     if images.ndim != 3:
         raise DataError(f"{path} holds arrays of shape {images.shape}, not a stack of images")
-    images = images[:n] if n else images
-    return (images.astype(backend.np.float32) / 255)[:, None]
+    images = (images[:n] if n else images).astype(backend.np.float32) / 255
+    if not labels:
+        return images[:, None]
+    path = _idx_path(directory, "train-labels-idx1-ubyte.gz")
+    classes = read_idx(path)
+    if classes.ndim != 1 or len(classes) < len(images):
+        raise DataError(f"{path} holds labels of shape {classes.shape}, not one for each of the "
+                        f"{len(images)} images")
+    classes = classes[:len(images)].astype(backend.np.int64)
+    if classes.min() < 0 or classes.max() > 9:
+        raise DataError(f"{path} holds labels outside 0..9")
+    return images[:, None], classes
 
 
-def digits(n=None):
-    """The 1797 8x8 handwritten digits that ship inside scikit-learn, (n, 1, 8, 8) in [0, 1]."""
+def digits(n=None, labels=False):
+    """The 1797 8x8 handwritten digits that ship inside scikit-learn, (n, 1, 8, 8) in [0, 1];
+    with labels=True, the pair (images, labels), labels (n,) integers in 0..9."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataError("the digits data set needs scikit-learn: pip install 'numpy-ddpm[digits]'") from None
-    images = load_digits().images.astype(backend.np.float32) / 16
-    return images[:n, None] if n else images[:, None]
+    bunch = load_digits()
+    images = (bunch.images.astype(backend.np.float32) / 16)[:n, None]
+    return (images, bunch.target[:n].astype(backend.np.int64)) if labels else images
 
 
 IMAGES = ("digits", "mnist", "fashion_mnist")
 
 
-def images(name, n=None, data_dir=None, cache_dir=None):
+def images(name, n=None, data_dir=None, cache_dir=None, labels=False):
+    """The images of `name`, (n, 1, H, W) in [0, 1]; with labels=True, (images, labels (n,))."""
     require(name, IMAGES, "image data set")
     if name == "digits":
-        return digits(n)
-    return idx_images(name, n, data_dir, cache_dir)
+        return digits(n, labels)
+    return idx_images(name, n, data_dir, cache_dir, labels=labels)

@@ -6,19 +6,23 @@ import sys
 
 from tqdm.auto import tqdm
 
-from . import backend, distributed, plots
+from . import backend, cli, distributed, plots
 from .checkpoint import CheckpointError
 from .data import standardise
-from .diffusion import generate
+from .diffusion import ddim_generate, generate
 from .schedule import Schedule
 from .train import TrainConfig, Trainer
 
 TRAJECTORY_EVERY = 5      # record x_t every that many steps for the GIF (and at the strip's times)
 
 
-def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None):
+def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None, labels=None,
+                     sample_labels=None):
     """Train `model` on the host data x_host (N, ...) as args say, then draw args.nb_generated
-    samples. Returns (generated, trainer, frames) as host arrays in the data's own scale;
+    samples (with the sampler of --sampler). A conditional model trains on the host `labels`
+    (N,) and draws sample i of class sample_labels[i] with guidance args.guidance; a resumed run
+    that is already finished only samples. Returns (generated, trainer, frames) as host arrays
+    in the data's own scale;
     frames is [(t, x_t)] when args.trajectory, else []. Under --distributed (args.comm), the
     ranks train together, each draws its share of the samples (its noise seeded by its rank),
     and rank 0 gathers them, writes and returns; the other ranks exit after the gather."""
@@ -27,9 +31,11 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None)
     x_standardised, mean, std = standardise(x_host)
     meta = {**meta, "mean": mean, "std": std}
     schedule = Schedule()
+    cli.check_sampling(args, schedule.T)
     config = TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
-                         reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads)
+                         reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads,
+                         cond_drop=args.cond_drop)
     steps = args.nb_epochs * math.ceil(len(x_host) / args.batch_size)
     if comm.rank == 0 and steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
         print(f"warning: an EMA decay of {args.ema_decay} averages over about {1 / (1 - args.ema_decay):.0f} "
@@ -43,19 +49,21 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None)
                                   f"std {saved['std']:.4g}); pass the same --data, --nb-samples and --seed")
     x_train = backend.asarray(x_standardised, dtype=backend.dtype)             # uploaded once
     trainer.fit(x_train, checkpoint_path=os.path.join(args.out, "checkpoint.npz"),
-                log_path=os.path.join(args.out, "loss.csv"), progress=not args.no_progress)
+                log_path=os.path.join(args.out, "loss.csv"), progress=not args.no_progress,
+                labels=None if labels is None else backend.asarray(labels))
     trainer.finish()
 
     frames = []
 
     def record(t, x):
-        if t % TRAJECTORY_EVERY == 0 or t in plots.TRAJECTORY_TIMES:
+        if args.sampler == "ddim" or t % TRAJECTORY_EVERY == 0 or t in plots.TRAJECTORY_TIMES:
             frames.append((t, backend.to_numpy(x) * std + mean))
 
     bar = None if args.no_progress or comm.rank != 0 else (lambda steps: tqdm(steps, desc="sampling", unit="step", dynamic_ncols=True))
     rng = backend.default_rng(args.seed, 1_000_003, *comm.sampling_keys())
-    x = generate(model, (comm.part_size(args.nb_generated),) + sample_shape, schedule, rng, progress=bar,
-                 callback=record if args.trajectory else None)
+    mine = None if sample_labels is None else sample_labels[comm.part(args.nb_generated)]
+    x = draw(args, model, schedule, (comm.part_size(args.nb_generated),) + sample_shape, rng, mine,
+             args.guidance, progress=bar, callback=record if args.trajectory else None)
     generated = comm.gather_rows(backend.to_numpy(x))                          # one transfer back
     frames = [(t, comm.gather_rows(x_t)) for t, x_t in frames]
     comm.done()                                                                # ranks but 0 exit here
@@ -64,3 +72,21 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None)
     if trainer.losses:
         plots.loss_curve(trainer.losses, os.path.join(args.out, "loss.png"))
     return generated, trainer, frames
+
+
+def draw(args, model, schedule, shape, rng, labels=None, guidance=1.0, progress=None, callback=None):
+    """Samples of `shape` in the standardised space, by Algorithm 2 or DDIM as args say."""
+    if args.sampler == "ddim":
+        return ddim_generate(model, shape, schedule, rng, nb_steps=args.sampling_steps or 50, eta=args.eta,
+                             spacing=args.spacing, progress=progress, callback=callback,
+                             labels=labels, guidance=guidance)
+    return generate(model, shape, schedule, rng, progress=progress, callback=callback,
+                    labels=labels, guidance=guidance)
+
+
+def sample_again(args, trainer, sample_shape, labels, guidance):
+    """Draw len(labels) more samples from the trained model, from the same noise seed as
+    train_and_sample (so that x_T is the same), with another guidance scale; host, data scale."""
+    rng = backend.default_rng(args.seed, 1_000_003)
+    x = draw(args, trainer.model, trainer.schedule, (len(labels),) + sample_shape, rng, labels, guidance)
+    return backend.to_numpy(x) * trainer.meta["std"] + trainer.meta["mean"]

@@ -1,35 +1,54 @@
-"""The lecture's two denoisers, eps_theta(x_t, t), built from the hand-written layers.
+"""The lecture's two denoisers, eps_theta(x_t, t), built from the hand-written layers, and
+their class-conditional versions eps_theta(x_t, t, y) for classifier-free guidance.
 
 Both take `forward(x, t)` with t the network time t / (T - 1) - 0.5 (a float or an (N,)
 array) and return eps_hat of the shape of x; `backward(grad_eps_hat)` returns grad_x and
-accumulates the parameter gradients.
+accumulates the parameter gradients. With nb_classes=K they take `forward(x, t, labels)`,
+labels (N,) integers in 0..K (K: "no label"), fed like the time: a LabelAppender after the
+TimeAppender adds K + 1 one-hot columns (or channels), and the first layer grows by as many
+inputs. `model.nb_classes` is K (None: unconditional, today's model, parameter for parameter).
 """
 
 from . import backend
-from .layers import Conv2d, Linear, ReLU, Sequential, TimeAppender
+from .layers import Conv2d, LabelAppender, Linear, ReLU, Sequential, TimeAppender
 
 
-def mlp(dim, hidden=256, seed=0):
+def _appenders(nb_classes):
+    """The layers that append the conditioning, and how many columns or channels they add."""
+    if nb_classes is None:
+        return [TimeAppender()], 1
+    return [TimeAppender(), LabelAppender(nb_classes)], 1 + nb_classes + 1
+
+
+def mlp(dim, hidden=256, seed=0, nb_classes=None):
     """TimeAppender, then Linear(dim + 1, hidden), ReLU, twice Linear(hidden, hidden), ReLU,
-    and Linear(hidden, dim): the lecture's model for vectors. x: (N, dim)."""
+    and Linear(hidden, dim): the lecture's model for vectors. x: (N, dim). With nb_classes=K,
+    a LabelAppender follows the TimeAppender and the first layer is Linear(dim + 1 + K + 1, hidden)."""
     rng = backend.host_rng(seed)
-    return Sequential(
-        TimeAppender(),
-        Linear(dim + 1, hidden, rng), ReLU(),
+    appenders, extra = _appenders(nb_classes)
+    model = Sequential(
+        *appenders,
+        Linear(dim + extra, hidden, rng), ReLU(),
         Linear(hidden, hidden, rng), ReLU(),
         Linear(hidden, hidden, rng), ReLU(),
         Linear(hidden, dim, rng),
     )
+    model.nb_classes = nb_classes
+    return model
 
 
-def convnet(channels, width=64, kernel_size=5, seed=0):
+def convnet(channels, width=64, kernel_size=5, seed=0, nb_classes=None):
     """TimeAppender (one more channel), Conv2d(channels + 1, width), five Conv2d(width, width),
     each followed by ReLU, and Conv2d(width, channels); padding kernel_size // 2 keeps the
-    image size: the lecture's model for images. x: (N, channels, H, W)."""
+    image size: the lecture's model for images. x: (N, channels, H, W). With nb_classes=K, a
+    LabelAppender adds K + 1 constant channels and the first layer is Conv2d(channels + K + 2, width)."""
     rng = backend.host_rng(seed)
     padding = kernel_size // 2
-    layers = [TimeAppender(), Conv2d(channels + 1, width, kernel_size, padding, rng), ReLU()]
+    appenders, extra = _appenders(nb_classes)
+    layers = [*appenders, Conv2d(channels + extra, width, kernel_size, padding, rng), ReLU()]
     for _ in range(5):
         layers += [Conv2d(width, width, kernel_size, padding, rng), ReLU()]
     layers.append(Conv2d(width, channels, kernel_size, padding, rng))
-    return Sequential(*layers)
+    model = Sequential(*layers)
+    model.nb_classes = nb_classes
+    return model

@@ -16,27 +16,39 @@ from . import backend  # noqa: E402
 TRAJECTORY_TIMES = [1000, 875, 750, 625, 500, 375, 250, 125, 0]
 
 
-def _draw_points(ax, data, generated, title=None):
-    """A histogram for 1-D data, a scatter plot for 2-D, training data in grey."""
+def _groups(generated, labels):
+    """[(points, colour, legend)]: all generated points in red, or one colour per class."""
+    if labels is None:
+        return [(generated, "red", "generated")]
+    colours = plt.get_cmap("tab10" if labels.max() < 10 else "tab20")
+    return [(generated[labels == k], colours(k % colours.N), f"class {k}") for k in backend.np.unique(labels)]
+
+
+def _draw_points(ax, data, generated, title=None, labels=None):
+    """A histogram for 1-D data, a scatter plot for 2-D, training data in grey; generated points
+    in red, or coloured by the class asked for (labels (N,))."""
     np = backend.np
     if data.shape[1] == 1:
         low = min(data.min(), generated.min())
         high = max(data.max(), generated.max())
         bins = np.linspace(low, high, 100)
         ax.hist(data[:, 0], bins, density=True, color="lightgray", label="training data")
-        ax.hist(generated[:, 0], bins, density=True, histtype="step", color="red", label="generated")
+        for points, colour, name in _groups(generated, labels):      # each class's share of the density
+            weights = np.full(len(points), 1 / (len(generated) * (bins[1] - bins[0])))
+            ax.hist(points[:, 0], bins, weights=weights, histtype="step", color=colour, label=name)
     else:
         ax.scatter(data[:, 0], data[:, 1], s=1, color="lightgray", label="training data", rasterized=True)
-        ax.scatter(generated[:, 0], generated[:, 1], s=2, color="red", label="generated", rasterized=True)
+        for points, colour, name in _groups(generated, labels):
+            ax.scatter(points[:, 0], points[:, 1], s=2, color=colour, label=name, rasterized=True)
         ax.set_aspect("equal")
     if title:
         ax.set_title(title)
 
 
-def points(data, generated, path, title):
+def points(data, generated, path, title, labels=None):
     fig, ax = plt.subplots(figsize=(6, 6))
-    _draw_points(ax, data, generated, title)
-    ax.legend(loc="upper right", markerscale=4)
+    _draw_points(ax, data, generated, title, labels)
+    ax.legend(loc="upper right", markerscale=4, fontsize="small" if labels is not None else None)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
 
@@ -82,7 +94,8 @@ def trajectory(frames, data, path_png, path_gif, as_images):
 
     frames: list of (t, host samples) in decreasing t, in the data's own scale."""
     by_t = dict(frames)
-    strip = [t for t in TRAJECTORY_TIMES if t in by_t]
+    # the recorded time nearest each of the strip's (DDIM visits only some of the T steps)
+    strip = sorted({min(by_t, key=lambda t: abs(t - wanted)) for wanted in TRAJECTORY_TIMES}, reverse=True)
     fig, axes = plt.subplots(1, len(strip), figsize=(2 * len(strip), 2.3))
     for ax, t in zip(axes, strip):
         draw_frame(ax, by_t[t], data, as_images, f"t = {t}")
@@ -118,6 +131,20 @@ def draw_frame(ax, x, data, as_images, title):
         ax.set_ylim(-lim, lim)
         ax.set_xticks([])
         ax.set_yticks([])
+
+
+def guidance_grids(grids, scales, columns, path):
+    """The conditional image grids (one row per class) drawn with each guidance scale s, side by
+    side. grids: list of (N, 1, H, W) in [0, 1], one per scale."""
+    np = backend.np
+    fig, axes = plt.subplots(1, len(grids), figsize=(len(grids) * (columns * 0.5 + 0.3), len(grids[0]) / columns * 0.5 + 0.6),
+                             squeeze=False)
+    for ax, batch, s in zip(axes[0], grids, scales):
+        ax.imshow(image_grid(np.clip(batch, 0, 1), columns), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"guidance s = {s:g}")
+        ax.axis("off")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
 
 
 def bound(terms, exact, path, title=None):

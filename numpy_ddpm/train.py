@@ -35,6 +35,7 @@ class TrainConfig:
     ema_warmup: bool = False              # EMA decay min(ema_decay, (1 + k) / (10 + k)) at step k
     log_every: int = 100                  # read the loss every that many steps (a device sync)
     blas_threads: int | None = None       # CPU BLAS threads while training (None: the default)
+    cond_drop: float = 0.1                # conditional models: probability of "no label" (guidance)
 
     def check(self):
         if self.nb_epochs < 0:
@@ -50,6 +51,8 @@ class TrainConfig:
                               f"choose one of: {', '.join(LR_SCHEDULES)}")
         if self.warmup_steps < 0:
             raise ConfigError(f"the warm-up must be 0 steps or more, not {self.warmup_steps}")
+        if not 0 <= self.cond_drop <= 1:
+            raise ConfigError(f"the label drop probability must be in [0, 1], not {self.cond_drop}")
 
 
 class Trainer:
@@ -110,11 +113,12 @@ class Trainer:
 
     # Training ----------------------------------------------------------------------------
 
-    def fit(self, x_train, checkpoint_path=None, log_path=None, progress=True, max_steps=None):
+    def fit(self, x_train, checkpoint_path=None, log_path=None, progress=True, max_steps=None, labels=None):
         """Train on x_train (N, ...), a standardised backend array, up to config.nb_epochs
         epochs (or `max_steps` in all). Resumes from self.step: epoch k's shuffle and noise come
         from generators seeded by (seed, k), so a resumed run draws what an uninterrupted one
-        would have. Ctrl-C saves a checkpoint and raises TrainingStopped."""
+        would have. Ctrl-C saves a checkpoint and raises TrainingStopped. `labels` (N,), a backend
+        integer array, gives the class of each row to a conditional model."""
         config, N = self.config, x_train.shape[0]
         steps_per_epoch = math.ceil(N / config.batch_size)
         total = config.nb_epochs * steps_per_epoch if max_steps is None else max_steps
@@ -127,13 +131,13 @@ class Trainer:
                    desc="training", unit="step", dynamic_ncols=True)
         try:
             with backend.blas_threads(self.config.blas_threads):
-                self._run(x_train, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path)
+                self._run(x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path)
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
         return self.losses
 
-    def _run(self, x_train, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path):
+    def _run(self, x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path):
         config, N = self.config, x_train.shape[0]
         running, count = 0.0, 0
         while self.step < total:
@@ -143,13 +147,15 @@ class Trainer:
             if config.reset_adam_each_epoch and offset == 0:
                 self.optimizer.reset()
             for _ in range(offset):            # resuming mid-epoch: replay the draws made
-                _skip_draws(rng, x_train, config.batch_size, self.schedule)
+                _skip_draws(rng, x_train, config.batch_size, self.schedule, labels is not None)
             for k in range(offset, steps_per_epoch):
-                x0 = x_train[order[k * config.batch_size:(k + 1) * config.batch_size]]
+                rows = order[k * config.batch_size:(k + 1) * config.batch_size]
+                x0, y = x_train[rows], None if labels is None else labels[rows]
                 self.optimizer.lr = learning_rate(self.step + 1, config.learning_rate, config.lr_schedule,
                                                   config.warmup_steps, config.nb_epochs * steps_per_epoch)
                 self.ema.decay = ema_decay(self.step + 1, config.ema_decay, config.ema_warmup)
-                loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema, comm=self.comm)
+                loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema,
+                                  labels=y, cond_drop=config.cond_drop, comm=self.comm)
                 running, count = running + loss, count + 1
                 self.step += 1
                 bar.update(1)
@@ -185,9 +191,12 @@ class Trainer:
         self.ema.copy_to_model()
 
 
-def _skip_draws(rng, x_train, batch_size, schedule):
+def _skip_draws(rng, x_train, batch_size, schedule, conditional=False):
+    """The draws of one train_step: t, eps and, for a conditional model, the label drops."""
     rng.integers(0, schedule.T, size=batch_size)
     rng.standard_normal((batch_size,) + x_train.shape[1:], dtype=x_train.dtype)
+    if conditional:
+        rng.random(batch_size)
 
 
 def _catch_sigint(flag):
