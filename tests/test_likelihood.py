@@ -228,3 +228,21 @@ def test_command_evaluates_a_saved_run(tmp_path, capsys):
     checkpoint.save(path, {"params": params, "ema": params}, {"model": "mlp(dim=1, hidden=9)", "mean": 0, "std": 1})
     with pytest.raises(checkpoint.CheckpointError, match="parameter count"):
         likelihood.main(["--checkpoint", path])
+
+
+def test_command_on_a_conditional_checkpoint(tmp_path, capsys):
+    """A class-conditional run is evaluated unconditionally, with the "no label" class K; while
+    the models take no labels, the command says so in one sentence."""
+    path = str(tmp_path / "checkpoint.npz")
+    meta = {"model": "mlp(dim=1, hidden=8, nb_classes=2)", "data": "gaussian_mixture", "mean": 0.2, "std": 0.5}
+    try:
+        model = mlp(1, hidden=8, seed=0, nb_classes=2)
+    except TypeError:
+        checkpoint.save(path, {"params": np.zeros(3), "ema": np.zeros(3)}, meta)
+        with pytest.raises(likelihood.UserError, match="conditional models is not supported yet"):
+            likelihood.main(["--checkpoint", path])
+        return
+    params = to_np(model.flat_params)
+    checkpoint.save(path, {"params": params, "ema": params}, meta)
+    likelihood.main(["--checkpoint", path, "--nb-points", "20", "--nb-timesteps", "3", "--out", str(tmp_path)])
+    assert capsys.readouterr().out.startswith("NLL bound: ")
