@@ -61,13 +61,13 @@ def worker(name, steps, use_mpi):
         start = time.perf_counter()
         trainer.fit(x, progress=False, max_steps=warmup + steps)
         seconds = time.perf_counter() - start
-    communicating = (comm.reduce_seconds + agreeing[0]) if use_mpi else 0.0
+    reducing = comm.reduce_seconds if use_mpi else 0.0
     if use_mpi:
-        seconds = comm.sum(seconds) / comm.size
-        communicating = comm.sum(communicating) / comm.size
+        seconds, reducing, agreeing[0] = (comm.sum(value) / comm.size for value in (seconds, reducing, agreeing[0]))
     if comm.rank == 0:
         print(json.dumps({"name": name, "processes": comm.size, "steps_per_s": steps / seconds,
-                          "allreduce_fraction": communicating / seconds,
+                          "allreduce_fraction": (reducing + agreeing[0]) / seconds,
+                          "stop_agreement_fraction": agreeing[0] / seconds,
                           "parameters": int(model.flat_params.size)}))
 
 
