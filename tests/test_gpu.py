@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend
-from numpy_ddpm.diffusion import generate, loss_and_backward
+from numpy_ddpm.diffusion import ddim_generate, generate, loss_and_backward
 from numpy_ddpm.layers import Conv2d, Linear, ReLU, TimeAppender
 from numpy_ddpm.models import convnet, mlp
 from numpy_ddpm.optim import EMA, Adam
@@ -136,6 +136,48 @@ def test_generate_agrees(on, fused):
 
     (a,), (b,) = run("numpy", on, f), run("cupy", on, f)
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)
+
+
+def test_ddim_kernel_matches_its_reference(on):
+    from cupy_backend import kernels
+    on("cupy")
+    xp, s = backend.xp, Schedule()
+    rng = np.random.default_rng(7)
+    xt, eps_hat, z = (xp.asarray(rng.standard_normal((64, 1, 8, 8)).astype(np.float32)) for _ in range(3))
+    for t, t_prev, eta in ((999, 979, 0.0), (500, 250, 1.0), (20, -1, 1.0)):
+        for noise in (z, None):
+            np.testing.assert_allclose(kernels.ddim_step(xt, eps_hat, noise, t, t_prev, s, eta).get(),
+                                       kernels.REFERENCES["ddim_step"][1](xt, eps_hat, noise, t, t_prev, s, eta).get(),
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_guided_ddim_agrees(on, fused):
+    labels = np.arange(100) % 4
+
+    def f():
+        backend.use_fused = fused
+        return [ddim_generate(mlp(2, seed=5, nb_classes=4), (100, 2), Schedule(), UploadedRandom(6), nb_steps=20,
+                              eta=1.0, labels=backend.asarray(labels), guidance=3.0)]
+
+    (a,), (b,) = run("numpy", on, f), run("cupy", on, f)
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)
+
+
+def test_conditional_training_step_agrees(on):
+    rng = np.random.default_rng(8)
+    x0, t, eps = (rng.standard_normal((8, 1, 8, 8)).astype(np.float32), rng.integers(0, 1000, 8),
+                  rng.standard_normal((8, 1, 8, 8)).astype(np.float32))
+    labels = rng.integers(0, 11, 8)
+
+    def f():
+        model = convnet(1, width=8, nb_classes=10)
+        loss = loss_and_backward(model, backend.asarray(x0), backend.asarray(t), backend.asarray(eps), Schedule(),
+                                 backend.asarray(labels))
+        return [backend.xp.asarray(loss), model.flat_grads]
+
+    for a, b in zip(run("numpy", on, f), run("cupy", on, f)):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
 
 
 def test_device_random_draws_on_the_device(on):

@@ -54,6 +54,7 @@ def test_every_fused_kernel_has_its_reference(kernels):
     assert kernels.REFERENCES["ema_update"][1] is optim.ema_update
     assert kernels.REFERENCES["q_sample"][1] is diffusion.q_sample
     assert kernels.REFERENCES["sampling_step"][1] is diffusion.sampling_step
+    assert kernels.REFERENCES["ddim_step"][1] is diffusion.ddim_step
     assert set(kernels.REGISTRY) == set(kernels.REFERENCES)
 
 
@@ -98,3 +99,28 @@ def test_generate_through_the_emulated_kernels(kernels, monkeypatch):
     backend._fused_kernels.clear()
     plain = diffusion.generate(mlp(2, seed=1), (40, 2), Schedule(T=50), backend.default_rng(2))
     np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_ddim_step_kernel(kernels):
+    rng = np.random.default_rng(3)
+    s = Schedule()
+    xt, eps_hat, z = arrays(rng, 50, 1, 3, 3, n=3)
+    for t, t_prev, eta in ((999, 979, 0.0), (999, 979, 1.0), (500, 250, 0.4), (20, -1, 1.0), (1, 0, 0.7)):
+        for noise in (z, None):
+            np.testing.assert_allclose(kernels.ddim_step(xt, eps_hat, noise, t, t_prev, s, eta),
+                                       diffusion.ddim_step(xt, eps_hat, noise, t, t_prev, s, eta),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_generate_through_the_emulated_kernels(kernels, monkeypatch):
+    """DDIM with the fused step registered, as backend.use("cupy") does, with guidance."""
+    from numpy_ddpm.models import mlp
+    labels = np.arange(40) % 3
+
+    def sample():
+        return diffusion.ddim_generate(mlp(2, seed=1, nb_classes=3), (40, 2), Schedule(T=50), backend.default_rng(2),
+                                       nb_steps=10, eta=0.5, labels=labels, guidance=2.0)
+    monkeypatch.setattr(backend, "_fused_kernels", dict(kernels.REGISTRY))
+    fused = sample()
+    backend._fused_kernels.clear()
+    np.testing.assert_allclose(fused, sample(), rtol=1e-4, atol=1e-5)
