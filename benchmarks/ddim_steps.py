@@ -1,0 +1,131 @@
+"""Sample quality against sampling steps: DDPM (Algorithm 2, all 1000 steps) and DDIM (10, 20,
+50, 100, 200 steps, eta 0 and 1) from the same trained toy models.
+
+    python benchmarks/ddim_steps.py runs/ddim/spiral/checkpoint.npz runs/ddim/two_discs/checkpoint.npz
+    python benchmarks/ddim_steps.py --train spiral two_discs      # trains them first (the lecture's
+                                                                  # configuration, demos/toy2d.py)
+
+For each checkpoint (EMA weights), 5000 points from each sampler: the sliced Wasserstein
+distance to fresh data over its floor (metrics.distance_to_data; 1 = as close as another draw
+of the data) and the seconds the sampling took, one sampler after the other in this process.
+Writes into --out: ddim_steps.md (the table), ddim_steps.json and ddim_steps.png (distance /
+floor against the number of steps). Timings mean something only on an otherwise idle machine.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from numpy_ddpm import backend, metrics  # noqa: E402
+from numpy_ddpm.diffusion import ddim_generate, generate  # noqa: E402
+from numpy_ddpm.likelihood import load_model  # noqa: E402
+from numpy_ddpm.schedule import Schedule  # noqa: E402
+
+
+def samplers(steps, etas):
+    """[(label, nb_steps, eta, draw)] with draw(model, shape, schedule, rng) -> samples."""
+    rows = [("DDPM", 1000, None, lambda m, shape, s, rng: generate(m, shape, s, rng))]
+    for eta in etas:
+        for S in steps:
+            rows.append((f"DDIM eta={eta:g}", S, eta,
+                         lambda m, shape, s, rng, S=S, eta=eta: ddim_generate(m, shape, s, rng, nb_steps=S, eta=eta)))
+    return rows
+
+
+def measure(path, nb_generated, steps, etas, seed):
+    model, meta, nb_classes = load_model(path)
+    if nb_classes is not None:
+        raise SystemExit(f"{path} holds a conditional model; this measures unconditional ones")
+    schedule, name = Schedule(), meta["data"]
+    rows = []
+    for label, S, eta, draw in samplers(steps, etas):
+        rng = backend.default_rng(seed, 1_000_003)
+        start = time.perf_counter()
+        x = backend.to_numpy(draw(model, (nb_generated, 2), schedule, rng))
+        seconds = time.perf_counter() - start
+        distance, floor = metrics.distance_to_data(x * meta["std"] + meta["mean"], name)
+        rows.append({"data": name, "sampler": label, "steps": S, "eta": eta, "distance": distance,
+                     "floor": floor, "ratio": distance / floor, "seconds": seconds})
+        print(f"{name:<10} {label:<12} {S:>5} steps  distance / floor {distance / floor:6.2f}  {seconds:7.2f} s",
+              flush=True)
+    return rows
+
+
+def table(rows):
+    lines = ["| data | sampler | steps | distance / floor | sampling time (s) | speed-up vs DDPM |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        ddpm = next(r for r in rows if r["data"] == row["data"] and r["sampler"] == "DDPM")
+        lines.append(f"| {row['data']} | {row['sampler']} | {row['steps']} | {row['ratio']:.2f} | "
+                     f"{row['seconds']:.2f} | {ddpm['seconds'] / row['seconds']:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = sorted({r["data"] for r in rows})
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        mine = [r for r in rows if r["data"] == name]
+        for eta, marker in sorted({(r["eta"], "o" if r["eta"] == 0 else "s") for r in mine if r["eta"] is not None}):
+            ddim = sorted((r["steps"], r["ratio"]) for r in mine if r["eta"] == eta)
+            ax.plot(*zip(*ddim), marker=marker, label=f"DDIM, eta = {eta:g}")
+        ddpm = next(r for r in mine if r["sampler"] == "DDPM")
+        ax.plot([ddpm["steps"]], [ddpm["ratio"]], "k*", markersize=12, label="DDPM (Algorithm 2)")
+        ax.axhline(1, color="gray", linestyle=":", label="floor (another draw of the data)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("sampling steps (network evaluations)")
+        ax.set_ylabel("sliced Wasserstein distance / floor")
+        ax.set_title(name)
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("checkpoints", nargs="*", help="checkpoint.npz of toy2d.py runs (2-D sets)")
+    parser.add_argument("--train", nargs="*", default=[], metavar="DATA",
+                        help="first train these sets with demos/toy2d.py at its defaults, into --out/DATA")
+    parser.add_argument("--nb-generated", type=int, default=5000)
+    parser.add_argument("--steps", default="10,20,50,100,200", help="DDIM step counts")
+    parser.add_argument("--etas", default="0,1")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's)")
+    parser.add_argument("--out", default="runs/ddim")
+    args = parser.parse_args()
+    steps = [int(s) for s in args.steps.split(",")]
+    etas = [float(e) for e in args.etas.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    checkpoints = list(args.checkpoints)
+    for name in args.train:
+        out = os.path.join(args.out, name)
+        subprocess.run([sys.executable, os.path.join(ROOT, "demos", "toy2d.py"), "--data", name, "--no-window",
+                        "--no-progress", "--out", out], check=True)
+        checkpoints.append(os.path.join(out, "checkpoint.npz"))
+    if not checkpoints:
+        parser.error("give checkpoints, or --train with data set names")
+    rows = []
+    with backend.blas_threads(args.threads):
+        for path in checkpoints:
+            rows += measure(path, args.nb_generated, steps, etas, args.seed)
+    with open(os.path.join(args.out, "ddim_steps.md"), "w") as file:
+        file.write(table(rows))
+    with open(os.path.join(args.out, "ddim_steps.json"), "w") as file:
+        json.dump(rows, file, indent=1)
+    plot(rows, os.path.join(args.out, "ddim_steps.png"))
+    print(table(rows))
+    print(f"wrote {args.out}/ddim_steps.md, ddim_steps.json, ddim_steps.png")
+
+
+if __name__ == "__main__":
+    main()
