@@ -41,7 +41,8 @@ def _sum_dims(a):
 
 
 def _at(coefficient, t, like):
-    """coefficient[t] for t (N,) indices, shaped (N, 1, ...) to broadcast against `like`."""
+    """coefficient[t] for an index t (int) or t (N,), shaped (N or 1, 1, ...) to broadcast
+    against `like`."""
     return coefficient[t].reshape((-1,) + (1,) * (like.ndim - 1))
 
 
@@ -71,13 +72,20 @@ class Coefficients:
         self.sigma2 = self.beta if variance == "beta" else xp.concatenate((self.beta_tilde[1:2], self.beta_tilde[1:]))
 
 
+def network_time(schedule, t):
+    """What the network sees of t: a float for one index t (int), as Algorithm 2 gives it, else
+    an (N,) array for per-example indices."""
+    if isinstance(t, int):
+        return schedule.network_time(t)
+    return schedule.network_time(t.astype(backend.dtype))
+
+
 def mu_theta(model, xt, t, c, schedule, labels=None):
     """The model's reverse mean (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_t),
-    float64 (N, ...), for t (N,) integer indices; the network sees float32."""
+    float64 (N, ...), for an index t (int, all examples) or t (N,); the network sees float32."""
     xp = backend.xp
     condition = () if labels is None else (labels,)
-    eps_hat = model.forward(xt.astype(backend.dtype), schedule.network_time(t.astype(backend.dtype)), *condition)
-    eps_hat = eps_hat.astype(xp.float64)
+    eps_hat = model.forward(xt.astype(backend.dtype), network_time(schedule, t), *condition).astype(xp.float64)
     return (xt - _at(c.beta, t, xt) / xp.sqrt(1 - _at(c.alpha_bar, t, xt)) * eps_hat) / xp.sqrt(_at(c.alpha, t, xt))
 
 
@@ -90,7 +98,7 @@ def L_T(x0, c):
 
 
 def L_t_minus_1(x0, xt, mean, t, c):
-    """KL(q(x_{t-1} | x_t, x_0) || N(mean, sigma_t^2 I)) for t (N,) indices >= 1, the posterior
+    """KL(q(x_{t-1} | x_t, x_0) || N(mean, sigma_t^2 I)) for an index t >= 1 (int or (N,)), the posterior
     being N(mu_tilde_t(x_t, x_0), beta_tilde_t I) and mean the model's mu_theta(x_t, t)."""
     mu_tilde = _at(c.mu_tilde_coef_x0, t, x0) * x0 + _at(c.mu_tilde_coef_xt, t, x0) * xt
     return _sum_dims(gaussian_kl(mu_tilde, _at(c.beta_tilde, t, x0), mean, _at(c.sigma2, t, x0)))
@@ -165,7 +173,8 @@ def _q_sample(x0, t, eps, c):
 
 
 def kl_term(model, x0, t, rng, schedule, c, labels=None):
-    """L_t, the KL at index t (N,) >= 1 of each example, with a fresh x_t ~ q(x_t | x_0)."""
+    """L_t, the KL at index t >= 1 (int, or (N,) per example) of each example, with a fresh
+    x_t ~ q(x_t | x_0)."""
     eps = rng.standard_normal(x0.shape, dtype=backend.xp.float64)
     xt = _q_sample(x0, t, eps, c)
     return L_t_minus_1(x0, xt, mu_theta(model, xt, t, c, schedule, labels), t, c)
@@ -173,10 +182,9 @@ def kl_term(model, x0, t, rng, schedule, c, labels=None):
 
 def decoder_term(model, x0, rng, schedule, c, decoder=None, labels=None):
     """L_0 of each example, with a fresh x_1 ~ q(x_1 | x_0)."""
-    t = backend.xp.zeros(x0.shape[0], dtype=backend.xp.int64)
     eps = rng.standard_normal(x0.shape, dtype=backend.xp.float64)
-    x1 = _q_sample(x0, t, eps, c)
-    return L_0(x0, mu_theta(model, x1, t, c, schedule, labels), c, decoder)
+    x1 = _q_sample(x0, 0, eps, c)
+    return L_0(x0, mu_theta(model, x1, 0, c, schedule, labels), c, decoder)
 
 
 def all_terms(model, x0, schedule, rng, variance="beta", decoder=None, labels=None):
@@ -185,8 +193,7 @@ def all_terms(model, x0, schedule, rng, variance="beta", decoder=None, labels=No
     xp = backend.xp
     c = Coefficients(schedule, variance)
     x0 = xp.asarray(x0, dtype=xp.float64)
-    N = x0.shape[0]
-    kls = [kl_term(model, x0, xp.full(N, t), rng, schedule, c, labels) for t in range(1, schedule.T)]
+    kls = [kl_term(model, x0, t, rng, schedule, c, labels) for t in range(1, schedule.T)]
     return xp.stack([decoder_term(model, x0, rng, schedule, c, decoder, labels)] + kls + [L_T(x0, c)])
 
 

@@ -119,6 +119,14 @@ def test_mixture_oracle_matches_the_diffusion_tests_oracle():
     for t in (0, 10, 500, 999):
         np.testing.assert_allclose(to_np(ours.forward(x, s.network_time(t))),
                                    to_np(theirs.forward(x, s.network_time(t))), rtol=1e-5, atol=1e-6)
+    # all T terms give the network one time per pass, a float, as Algorithm 2 does: a model
+    # that only takes a float (theirs) has the same bound
+    s = Schedule(T=50)
+    x0 = np.linspace(-1.5, 1.5, 100)[:, None]
+    ours, theirs = (cls(s, weights, m, stds) for cls, m in ((exact.GaussianMixtureDenoiser, [[m] for m in means]),
+                                                            (OptimalDenoiser, means)))
+    assert likelihood.nll_bound(theirs, x0, s, backend.default_rng(4)) == \
+        pytest.approx(likelihood.nll_bound(ours, x0, s, backend.default_rng(4)), rel=1e-5)
 
 
 def gaussian_mixture_data(n, seed):
