@@ -147,6 +147,8 @@ def ddim_timesteps(T, nb_steps, spacing="trailing"):
     leaves out the last T // S - 1 steps of the schedule.
     """
     xp = backend.xp
+    if not 1 <= nb_steps <= T:
+        raise ValueError(f"DDIM takes 1 to T = {T} steps, not {nb_steps}")
     if spacing == "leading":
         return (xp.arange(nb_steps) * (T // nb_steps))[::-1]
     if spacing == "trailing":
@@ -194,7 +196,7 @@ def ddim_generate(model, shape, schedule, rng, nb_steps=50, eta=0.0, spacing="tr
     eta = 0: deterministic given x_T (an ODE-like map from noise to data). eta = 1 with all
     T steps ("leading", nb_steps = T) is Algorithm 2 with sigma_t = sqrt(beta_tilde_t) (the
     posterior's std of schedule.py), not the lecture's sigma_t = sqrt(beta_t): the two choices
-    of Ho et al., equal in the limit of many steps. `progress`, `callback(t, x)` (t in the
+    of Ho et al. (section 3.2), which sample alike there. `progress`, `callback(t, x)` (t in the
     paper's numbering: T, then tau_{i-1} + 1 after each step, down to 0), `labels` and
     `guidance` as for `generate`.
     """

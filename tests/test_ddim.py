@@ -30,6 +30,9 @@ def test_ddim_timesteps():
         np.testing.assert_array_equal(to_np(ddim_timesteps(1000, S, "trailing")), trailing[:S])
     with pytest.raises(ValueError, match="spacing"):
         ddim_timesteps(1000, 10, "linspace")
+    for S in (0, 1001):
+        with pytest.raises(ValueError, match="1 to T = 1000 steps"):
+            ddim_timesteps(1000, S)
 
 
 @pytest.mark.parametrize("t,t_prev,eta", [(999, 979, 0.0), (999, 979, 1.0), (500, 250, 0.5),
