@@ -99,10 +99,14 @@ class Classifier:
 
     def probabilities(self, images):
         """softmax of the logits, (N, 10) host float64."""
-        np = backend.np
-        _, logits = self.features_and_logits(images)
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return p / p.sum(axis=1, keepdims=True)
+        return softmax(self.features_and_logits(images)[1])
+
+
+def softmax(logits):
+    """exp(z - max z) / sum exp(z - max z) over the last axis of host logits (N, K)."""
+    np = backend.np
+    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def build(d_in, hidden, seed, nb_classes=10):

@@ -170,7 +170,8 @@ def _cases():
            *kink_free(convnet(1, width=8, kernel_size=3, nb_classes=3), (2, 1, 6, 6), 0.1, classes[:2]))
     labels = backend.asarray(rng.integers(0, 10, 6))
     yield "SoftmaxCrossEntropy (6, 10)", LossLayer(SoftmaxCrossEntropy(), labels), randn(6, 10), (), h
-    yield "Linear(5, 10), SoftmaxCrossEntropy", Sequential(Linear(5, 10, rng), LossLayer(SoftmaxCrossEntropy(), labels)), randn(6, 5), (), h
+    yield ("Linear(5, 10), SoftmaxCrossEntropy", Sequential(Linear(5, 10, rng), LossLayer(SoftmaxCrossEntropy(), labels)),
+           randn(6, 5), (), h)
 
 
 def main():

@@ -21,7 +21,7 @@ import math
 import time
 
 from . import backend, cli, data
-from .classifier import labelled_split, load_or_train
+from .classifier import labelled_split, load_or_train, softmax
 
 
 # The Fréchet distance -------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def distance_and_floor(sample_features, reference_features, repeats=10, seed=0):
     rng = backend.host_rng(seed)
     m = min(len(sample_features), len(reference_features) // 2)
     if m < 2:
-        raise ValueError("the Fréchet distance needs at least 2 samples and 4 reference images")
+        raise data.DataError("the Fréchet distance needs at least 2 samples and 4 reference images")
     distance = floor = 0.0
     for _ in range(repeats):
         order = rng.permutation(len(reference_features))
@@ -123,7 +123,7 @@ def report(samples, data_name, labels=None, data_dir=None, cache_dir=None, refer
     sample_features, sample_logits = classifier.features_and_logits(samples)
     reference_features, _ = classifier.features_and_logits(reference)
     distance, floor = distance_and_floor(sample_features, reference_features, repeats)
-    p = classifier.probabilities(samples)
+    p = softmax(sample_logits)                                         # (N, 10)
     entropy_of_mean, mean_entropy = entropies(p)
     result = {"fd": distance, "floor": floor, "ratio": distance / floor, "entropy_of_mean": entropy_of_mean,
               "mean_entropy": mean_entropy, "accuracy": classifier.accuracy, "n": len(samples)}
