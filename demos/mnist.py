@@ -38,7 +38,8 @@ def guidance_values(args):
     try:
         values = [float(v) for v in args.guidance_sweep.split(",")]
     except ValueError:
-        raise cli.UserError(f"--guidance-sweep takes numbers separated by commas, not {args.guidance_sweep!r}") from None
+        raise cli.UserError(f"--guidance-sweep takes numbers separated by commas, "
+                            f"not {args.guidance_sweep!r}") from None
     if any(not v >= 0 for v in values):
         raise cli.UserError(f"--guidance-sweep values must be 0 or more, not {args.guidance_sweep}")
     return values
@@ -62,10 +63,8 @@ def main():
     sweep = guidance_values(args)
     cli.check_common(args)
 
-    if args.conditional:
-        x, labels = data.images(args.data, args.nb_samples, data_dir=args.data_dir, labels=True)
-    else:
-        x, labels = data.images(args.data, args.nb_samples, data_dir=args.data_dir), None  # (N, 1, H, W) host
+    loaded = data.images(args.data, args.nb_samples, data_dir=args.data_dir, labels=args.conditional)
+    x, labels = loaded if args.conditional else (loaded, None)                 # (N, 1, H, W), (N,) host
     K = NB_CLASSES if args.conditional else None
     description = f"convnet(channels={x.shape[1]}, width={args.width}, kernel_size={args.kernel_size})"
     sample_labels = None

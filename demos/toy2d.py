@@ -69,7 +69,8 @@ def main():
     if frames:
         plots.trajectory(frames, x[:5000], os.path.join(args.out, "trajectory.png"),
                          os.path.join(args.out, "trajectory.gif"), as_images=False)
-    print(f"wrote {args.out}/toy.png, samples.npy{', labels.npy' if args.conditional else ''}, checkpoint.npz, loss.csv")
+    labels_file = ", labels.npy" if args.conditional else ""
+    print(f"wrote {args.out}/toy.png, samples.npy{labels_file}, checkpoint.npz, loss.csv")
     cli.show_window(not args.no_window)
 
 

@@ -137,8 +137,8 @@ def guidance_grids(grids, scales, columns, path):
     """The conditional image grids (one row per class) drawn with each guidance scale s, side by
     side. grids: list of (N, 1, H, W) in [0, 1], one per scale."""
     np = backend.np
-    fig, axes = plt.subplots(1, len(grids), figsize=(len(grids) * (columns * 0.5 + 0.3), len(grids[0]) / columns * 0.5 + 0.6),
-                             squeeze=False)
+    size = (len(grids) * (columns * 0.5 + 0.3), len(grids[0]) / columns * 0.5 + 0.6)
+    fig, axes = plt.subplots(1, len(grids), figsize=size, squeeze=False)
     for ax, batch, s in zip(axes[0], grids, scales):
         ax.imshow(image_grid(np.clip(batch, 0, 1), columns), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"guidance s = {s:g}")
