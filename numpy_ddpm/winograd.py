@@ -210,7 +210,7 @@ def output_transform(M, t, N, OH, OW, buffers):
     return y.reshape(O, TH * m, TW * m, N)[:, :OH, :OW]
 
 
-def output_transform_adjoint(dy, t, buffers):
+def output_transform_adjoint(dy, t, buffers, name="dy_tiles"):
     """dM = A dY A^T for every tile of dy, the adjoint of output_transform (the output's
     gradient cut into m x m tiles, zero past the edges).
 
@@ -224,7 +224,7 @@ def output_transform_adjoint(dy, t, buffers):
     dY[...] = dy_padded.reshape(O, TH, m, TW, m, N).transpose(2, 4, 0, 1, 3, 5)
     half = _array(buffers, "tiles_half", (m, a, O * TH * TW * N), dy.dtype)
     backend.xp.matmul(t.A, dY.reshape(m, m, -1), out=half)                  # dY A^T: over j
-    dM = _array(buffers, "dy_tiles", (a, a * O * TH * TW * N), dy.dtype)
+    dM = _array(buffers, name, (a, a * O * TH * TW * N), dy.dtype)
     backend.xp.matmul(t.A, half.reshape(m, -1), out=dM)                     # A (dY A^T): over i
     return dM.reshape(a, a, O, TH * TW * N)
 
@@ -283,7 +283,8 @@ class WinogradConvolution:
         V = self.V
         if V is None:
             V = input_transform(x, P, t, OH, OW, buffers)                       # in "tiles"
-        dM = output_transform_adjoint(dy, t, buffers)                          # (a, a, O, T*N)
+        # dM goes where V is not: into "tiles" when V was kept, which saves a work array
+        dM = output_transform_adjoint(dy, t, buffers, "dy_tiles" if self.V is None else "tiles")
         a = t.alpha
         dU = backend.xp.matmul(dM.reshape(a * a, *dM.shape[2:]), V.reshape(a * a, V.shape[2], -1).transpose(0, 2, 1))
         layer.dw += weight_transform_adjoint(dU.reshape(a, a, *dU.shape[1:]), t).astype(layer.dw.dtype)
