@@ -148,8 +148,8 @@ def guidance_grids(grids, scales, columns, path):
 
 
 def bound(terms, exact, path, title=None):
-    """The variational bound term by term (likelihood.py): L_1..L_{T-1} and L_T against t on a
-    log scale, and the running sum L_0 + ... + L_t reaching the bound at t = T, beside the exact
+    """The variational bound term by term (likelihood.py): L_1..L_{T-1} and L_T against t, both
+    on log scales, and the running sum L_0 + ... + L_t reaching the bound at t = T, beside the exact
     NLL (a line; None: unknown). terms: (T + 1,) nats per dimension, L_0 first."""
     np = backend.np
     T = len(terms) - 1
@@ -158,10 +158,12 @@ def bound(terms, exact, path, title=None):
     left.plot(t[1:T], terms[1:T], lw=1, label="$L_{t}$ = KL(q(x$_{t}$ | x$_{t+1}$, x$_0$) || p(x$_{t}$ | x$_{t+1}$))")
     left.plot([T], [terms[T]], "o", color="C3", label=f"$L_T$ (prior) = {terms[T]:.2g}")
     left.set_yscale("log")
+    left.set_xscale("log")          # the nats are spent in the first steps
     left.set_xlabel("t")
     left.set_ylabel("nats per dimension")
     left.legend(fontsize=8)
-    right.plot(t, np.cumsum(terms), color="C0", label=f"$L_0$ + ... + $L_t$ ($L_0$ = {terms[0]:.3f})")
+    right.plot(t[1:], np.cumsum(terms)[1:], color="C0", label=f"$L_0$ + ... + $L_t$ ($L_0$ = {terms[0]:.3f})")
+    right.set_xscale("log")
     right.axhline(terms.sum(), color="C0", ls=":", lw=1, label=f"bound = {terms.sum():.4f}")
     if exact is not None:
         right.axhline(exact, color="k", ls="--", lw=1, label=f"exact NLL = {exact:.4f}")
