@@ -1,6 +1,6 @@
 """The variational bound of trained toy models against the exact NLL: the closing note's table.
 
-    python demos/toy2d.py --data NAME --no-window --no-progress --out runs/nll/NAME   # each set
+    python demos/toy2d.py --data NAME --no-window --no-progress --out runs/nll/NAME    # each set
     python benchmarks/likelihood_table.py --runs runs/nll
 
 For each set: the exact NLL (the differential entropy, exact.py), the bound of the exact
@@ -8,8 +8,8 @@ denoiser where the data is a Gaussian mixture (what 1000 steps with fixed varian
 even with a perfect network), the trained model's bound with sigma_t^2 = beta_t and
 beta_tilde_t, and the gap; all in nats per dimension of the data's own scale, on 2000 fresh
 points with all T terms. Every bound draws the same x_t (the same generator seed), so their
-differences are known better than their standard errors say. Writes bound.png beside each checkpoint (beta variance) and prints a
-Markdown table; the seconds are rough (shared CPU).
+differences are known better than their standard errors say. Writes bound.png beside each
+checkpoint (beta variance) and prints a Markdown table; the seconds are rough (shared CPU).
 """
 
 import argparse
@@ -36,13 +36,14 @@ def evaluate(name, runs, nb_points, seed):
     mean, std = meta["mean"], meta["std"]
     if name in exact.MIXTURES:
         oracle = exact.GaussianMixtureDenoiser.for_data(name, schedule, mean, std)
-        row["oracle"] = likelihood.report(oracle, x, mean, std, schedule, backend.default_rng(seed, 2),
-                                          exact=row["exact"])
+        rng = backend.default_rng(seed, 2)
+        row["oracle"] = likelihood.report(oracle, x, mean, std, schedule, rng, exact=row["exact"])
     for variance in likelihood.VARIANCES:
         start = time.perf_counter()
         out = os.path.join(runs, name) if variance == "beta" else None
-        row[variance] = likelihood.report(model, x, mean, std, schedule, backend.default_rng(seed, 2), out,
-                                          row["exact"], variance=variance, title=f"{name}, sigma_t^2 = beta_t")
+        rng = backend.default_rng(seed, 2)
+        row[variance] = likelihood.report(model, x, mean, std, schedule, rng, out, row["exact"],
+                                          variance=variance, title=f"{name}, sigma_t^2 = beta_t")
         row[variance]["seconds"] = time.perf_counter() - start
     return row
 
@@ -56,16 +57,19 @@ def main():
     parser.add_argument("--runs", default="runs/nll", help="directory with one run per set, named after it")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--nb-points", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=12345, help="of the fresh points (the runs train on seed 0)")
+    parser.add_argument("--seed", type=int, default=12345,
+                        help="of the fresh points (the runs train on seed 0)")
     args = parser.parse_args()
     rows = [evaluate(name, args.runs, args.nb_points, args.seed) for name in args.sets.split(",")]
     print()
-    print("| set | exact NLL | oracle bound | trained, beta | trained, beta_tilde | gap (beta) | gap (beta_tilde) | s per bound |")
+    print("| set | exact NLL | oracle bound | trained, beta | trained, beta_tilde "
+          "| gap (beta) | gap (beta_tilde) | s per bound |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         oracle = cell(row["oracle"]) if "oracle" in row else "-"
-        print(f"| {row['set']} | {row['exact']:.4f} | {oracle} | {cell(row['beta'])} | {cell(row['beta_tilde'])} "
-              f"| {row['beta']['gap']:.3f} | {row['beta_tilde']['gap']:.3f} | {row['beta']['seconds']:.0f} |")
+        print(f"| {row['set']} | {row['exact']:.4f} | {oracle} | {cell(row['beta'])} "
+              f"| {cell(row['beta_tilde'])} | {row['beta']['gap']:.3f} | {row['beta_tilde']['gap']:.3f} "
+              f"| {row['beta']['seconds']:.0f} |")
 
 
 if __name__ == "__main__":

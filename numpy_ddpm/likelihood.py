@@ -69,7 +69,8 @@ class Coefficients:
         for name in ("beta", "alpha", "alpha_bar", "beta_tilde", "mu_tilde_coef_x0", "mu_tilde_coef_xt"):
             setattr(self, name, xp.asarray(schedule.host[name], dtype=xp.float64))
         # beta_tilde_1 = 0: at t = 1 the decoder takes beta_tilde_2, as Ho et al.'s code clips it
-        self.sigma2 = self.beta if variance == "beta" else xp.concatenate((self.beta_tilde[1:2], self.beta_tilde[1:]))
+        clipped = xp.concatenate((self.beta_tilde[1:2], self.beta_tilde[1:]))
+        self.sigma2 = self.beta if variance == "beta" else clipped
 
 
 def network_time(schedule, t):
@@ -85,8 +86,10 @@ def mu_theta(model, xt, t, c, schedule, labels=None):
     float64 (N, ...), for an index t (int, all examples) or t (N,); the network sees float32."""
     xp = backend.xp
     condition = () if labels is None else (labels,)
-    eps_hat = model.forward(xt.astype(backend.dtype), network_time(schedule, t), *condition).astype(xp.float64)
-    return (xt - _at(c.beta, t, xt) / xp.sqrt(1 - _at(c.alpha_bar, t, xt)) * eps_hat) / xp.sqrt(_at(c.alpha, t, xt))
+    eps_hat = model.forward(xt.astype(backend.dtype), network_time(schedule, t), *condition)
+    eps_hat = eps_hat.astype(xp.float64)
+    beta, alpha_bar, alpha = (_at(a, t, xt) for a in (c.beta, c.alpha_bar, c.alpha))
+    return (xt - beta / xp.sqrt(1 - alpha_bar) * eps_hat) / xp.sqrt(alpha)
 
 
 # The terms, per example (N,) -------------------------------------------------------------
@@ -244,8 +247,10 @@ def nll_bound(model, x0, schedule, rng, nb_timesteps=None, variance="beta", deco
     x0 (N, ...), in the space x0 is given in.
 
     nb_timesteps None: all T terms for every example; else an unbiased Monte Carlo estimate
-    over that many t per example (sampled_bound: L_0 and L_T computed, the KLs sampled). The standard error is that of the mean over the examples
-    (data, x_t and, when sampled, t all vary). variance: "beta" or "beta_tilde" (sigma_t^2).
+    over that many t per example (sampled_bound: L_0 and L_T computed, the KLs sampled). The
+    standard error is that of the mean over the examples (data, x_t and, when sampled, t all
+    vary). variance: "beta" or "beta_tilde" (sigma_t^2). decoder: None (a Gaussian density)
+    or a DiscretisedDecoder; labels (N,): a conditional model's classes.
     """
     bound = _per_example(model, x0, schedule, rng, nb_timesteps, variance, decoder, labels, batch_size)
     D = math.prod(x0.shape[1:])
@@ -304,7 +309,8 @@ def report(model, x_fresh, mean, std, schedule, rng, out_dir=None, exact=None, n
     if exact is None:
         print(f"NLL bound: {bound:.4f} ± {stderr:.4f} nats/dim (exact: unknown)")
     else:
-        print(f"NLL bound: {bound:.4f} ± {stderr:.4f} nats/dim (exact: {exact:.4f}, gap: {bound - exact:.4f})")
+        print(f"NLL bound: {bound:.4f} ± {stderr:.4f} nats/dim "
+              f"(exact: {exact:.4f}, gap: {bound - exact:.4f})")
     if terms is not None:
         terms[0] += math.log(std)       # L_0, the only term that is a density, to the data's scale
         result["terms"] = terms
@@ -359,7 +365,8 @@ def image_report(model, x_held_out, mean, std, nb_levels, schedule, rng, nb_time
     host array of pixels k / (nb_levels - 1), with the discretised decoder. Returns the numbers."""
     x0 = backend.xp.asarray((x_held_out - mean) / std, dtype=backend.xp.float64)
     start = time.perf_counter()
-    bits, stderr = bits_per_dim(model, x0, schedule, rng, nb_levels, mean, std, nb_timesteps, variance, labels)
+    bits, stderr = bits_per_dim(model, x0, schedule, rng, nb_levels, mean, std, nb_timesteps, variance,
+                                labels)
     seconds = time.perf_counter() - start
     how = "all T terms" if nb_timesteps is None else f"{nb_timesteps} sampled t per image"
     print(f"NLL bound: {bits:.4f} ± {stderr:.4f} bits/dim on {len(x_held_out)} held-out images "
@@ -375,12 +382,14 @@ def parse_model(description):
     CheckpointError = checkpoint.CheckpointError
     match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", str(description))
     if match is None:
-        raise CheckpointError(f"the checkpoint's model description {description!r} is not name(key=int, ...)")
+        raise CheckpointError(f"the checkpoint's model description {description!r} "
+                              f"is not name(key=int, ...)")
     kwargs = {}
     for part in filter(None, (p.strip() for p in match.group(2).split(","))):
         key, equals, value = (s.strip() for s in part.partition("="))
         if not equals or not key.isidentifier() or re.fullmatch(r"-?\d+", value) is None:
-            raise CheckpointError(f"the checkpoint's model description {description!r} is not name(key=int, ...)")
+            raise CheckpointError(f"the checkpoint's model description {description!r} "
+                                  f"is not name(key=int, ...)")
         kwargs[key] = int(value)
     return match.group(1), kwargs
 
@@ -393,7 +402,8 @@ def load_model(path, weights="ema"):
     name, kwargs = parse_model(meta.get("model", ""))
     builders = {"mlp": models.mlp, "convnet": models.convnet}
     if name not in builders:
-        raise checkpoint.CheckpointError(f"{path} holds a {name} model; the bound knows: {', '.join(builders)}")
+        raise checkpoint.CheckpointError(f"{path} holds a {name} model; "
+                                         f"the bound knows: {', '.join(builders)}")
     try:
         model = builders[name](**kwargs)
     except TypeError:
@@ -415,7 +425,8 @@ def main(argv=None):
     parser.add_argument("--nb-points", type=int, default=2000, help="fresh toy points (images: all held out)")
     parser.add_argument("--nb-timesteps", type=int, default=None,
                         help="sample that many t per example instead of all T")
-    parser.add_argument("--variance", choices=VARIANCES, default="beta", help="the reverse variance sigma_t^2")
+    parser.add_argument("--variance", choices=VARIANCES, default="beta",
+                        help="the reverse variance sigma_t^2")
     parser.add_argument("--weights", choices=["ema", "params"], default="ema")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="directory with the IDX files (MNIST, Fashion-MNIST)")
@@ -435,7 +446,8 @@ def main(argv=None):
     elif name in IMAGE_LEVELS:
         x = held_out_images(name, args.data_dir)
         labels = None if nb_classes is None else backend.xp.full(len(x), nb_classes)
-        image_report(model, x, mean, std, IMAGE_LEVELS[name], schedule, rng, args.nb_timesteps, args.variance, labels)
+        image_report(model, x, mean, std, IMAGE_LEVELS[name], schedule, rng, args.nb_timesteps, args.variance,
+                     labels)
     else:
         raise UserError(f"{args.checkpoint} was trained on {name!r}, a data set the bound does not know")
 

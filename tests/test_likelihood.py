@@ -93,7 +93,8 @@ def test_bound_of_the_exact_model_of_gaussian_data(variance):
     s = Schedule(T=100)
     oracle = exact.GaussianMixtureDenoiser(s, [1.0], [[0.0]], [1.0])
     x0 = np.full((2000, 1), 0.7)
-    bound, stderr = likelihood.nll_bound(oracle, x0, s, backend.default_rng(1), variance=variance, batch_size=2000)
+    bound, stderr = likelihood.nll_bound(oracle, x0, s, backend.default_rng(1), variance=variance,
+                                         batch_size=2000)        # one batch: the draws of bound_terms
     expected = closed_form_terms(0.7, s, variance)
     assert abs(bound - expected.sum()) < 4 * stderr
     assert stderr < 0.1             # 4 standard errors: a test to a few tenths of a nat
@@ -123,8 +124,8 @@ def test_mixture_oracle_matches_the_diffusion_tests_oracle():
     # that only takes a float (theirs) has the same bound
     s = Schedule(T=50)
     x0 = np.linspace(-1.5, 1.5, 100)[:, None]
-    ours, theirs = (cls(s, weights, m, stds) for cls, m in ((exact.GaussianMixtureDenoiser, [[m] for m in means]),
-                                                            (OptimalDenoiser, means)))
+    ours = exact.GaussianMixtureDenoiser(s, weights, [[m] for m in means], stds)
+    theirs = OptimalDenoiser(s, weights, means, stds)
     assert likelihood.nll_bound(theirs, x0, s, backend.default_rng(4)) == \
         pytest.approx(likelihood.nll_bound(ours, x0, s, backend.default_rng(4)), rel=1e-5)
 
@@ -233,7 +234,8 @@ def test_command_evaluates_a_saved_run(tmp_path, capsys):
     assert exact_nll == pytest.approx(exact.entropy_per_dim("gaussian_mixture"), abs=1e-4)
     assert gap == pytest.approx(bound - exact_nll, abs=2e-4) and gap > 0
     assert (tmp_path / "bound.png").exists()
-    checkpoint.save(path, {"params": params, "ema": params}, {"model": "mlp(dim=1, hidden=9)", "mean": 0, "std": 1})
+    checkpoint.save(path, {"params": params, "ema": params},
+                    {"model": "mlp(dim=1, hidden=9)", "mean": 0, "std": 1})
     with pytest.raises(checkpoint.CheckpointError, match="parameter count"):
         likelihood.main(["--checkpoint", path])
 
@@ -242,7 +244,8 @@ def test_command_on_a_conditional_checkpoint(tmp_path, capsys):
     """A class-conditional run is evaluated unconditionally, with the "no label" class K; while
     the models take no labels, the command says so in one sentence."""
     path = str(tmp_path / "checkpoint.npz")
-    meta = {"model": "mlp(dim=1, hidden=8, nb_classes=2)", "data": "gaussian_mixture", "mean": 0.2, "std": 0.5}
+    meta = {"model": "mlp(dim=1, hidden=8, nb_classes=2)", "data": "gaussian_mixture",
+            "mean": 0.2, "std": 0.5}
     try:
         model = mlp(1, hidden=8, seed=0, nb_classes=2)
     except TypeError:
@@ -252,5 +255,6 @@ def test_command_on_a_conditional_checkpoint(tmp_path, capsys):
         return
     params = to_np(model.flat_params)
     checkpoint.save(path, {"params": params, "ema": params}, meta)
-    likelihood.main(["--checkpoint", path, "--nb-points", "20", "--nb-timesteps", "3", "--out", str(tmp_path)])
+    likelihood.main(["--checkpoint", path, "--nb-points", "20", "--nb-timesteps", "3",
+                     "--out", str(tmp_path)])
     assert capsys.readouterr().out.startswith("NLL bound: ")
