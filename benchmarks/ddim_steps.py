@@ -87,8 +87,9 @@ def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     names = sorted({r["data"] for r in rows})
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
     for ax, name in zip(axes[0], names):
         mine = [r for r in rows if r["data"] == name]
         for eta, marker in sorted({(r["eta"], "o" if r["eta"] == 0 else "s") for r in mine if r["eta"] is not None}):
@@ -102,10 +103,13 @@ def plot(rows, path):
         ax.axhline(1, color="gray", linestyle=":", label="floor (another draw of the data)")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_yticks([1, 1.5, 2, 3, 5, 10], ["1", "1.5", "2", "3", "5", "10"], minor=False)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("sampling steps (network evaluations)")
         ax.set_ylabel("sliced Wasserstein distance / floor")
         ax.set_title(name)
         ax.legend(fontsize="small")
+    fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
