@@ -111,7 +111,7 @@ class LabelAppender(Layer):
     def forward(self, x, labels):
         xp = backend.xp
         N, K = x.shape[0], self.nb_classes
-        one_hot = (labels.reshape(N, 1) == xp.arange(K + 1)).astype(x.dtype)      # (N, K + 1)
+        one_hot = (xp.asarray(labels).reshape(N, 1) == xp.arange(K + 1)).astype(x.dtype)      # (N, K + 1)
         one_hot = one_hot.reshape((N, K + 1) + (1,) * (x.ndim - 2))
         one_hot = xp.broadcast_to(one_hot, (N, K + 1) + x.shape[2:])             # (N, K + 1, ...)
         return xp.concatenate((x, one_hot), axis=1)
