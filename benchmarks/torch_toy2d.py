@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from bench import torch_models, torch_train_step
+from workloads import torch_models, torch_train_step
 
 T = 1000
 

@@ -1,0 +1,176 @@
+"""How the benchmark times and weighs a workload.
+
+Timing: PyTorch runs in a process of its own. In one process, numpy's OpenBLAS threads and
+PyTorch's OpenMP threads keep spinning after their work and steal the cores from each other
+(on 2 cores this flattered numpy's ratio by 1.3 to 1.6x). So a worker process builds and
+warms up the PyTorch side of a workload and times it on request, and the repeats alternate,
+one of each implementation in turn, so that both see the same machine; each row reports the
+minimum and the median over its repeats.
+
+Memory: the peak resident set that building a workload and three calls add to a fresh process
+(Linux: /proc/self/clear_refs resets the peak).
+
+    python benchmarks/harness.py torch-worker INDEX QUICK DEVICE    (started by TorchWorker)
+    python benchmarks/harness.py memory INDEX IMPL ALGORITHM         (started by peak_memory)
+"""
+
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def has_torch():
+    """Whether PyTorch can be imported (without importing it into this process)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+# Timers: one repeat of `calls` calls, seconds per call ---------------------------------------
+
+class LocalTimer:
+    """Times a function of this process (ours); `after` waits for the device."""
+
+    def __init__(self, fn, warmup, after=lambda: None):
+        self.fn, self.after = fn, after
+        for _ in range(warmup):
+            fn()
+        after()
+
+    def time(self, calls):
+        start = time.perf_counter()
+        for _ in range(calls):
+            self.fn()
+        self.after()
+        return (time.perf_counter() - start) / calls
+
+    def close(self):
+        pass
+
+
+class TorchWorker:
+    """Times workload `index` of workloads(quick) in PyTorch, in a worker process."""
+
+    def __init__(self, index, quick, device):
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "torch-worker", str(index), str(int(quick)), device],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._read()                                            # "ready" once warmed up
+
+    def _read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the PyTorch worker process ended early")
+        return json.loads(line)
+
+    def time(self, calls):
+        self.process.stdin.write(f"{calls}\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def torch_worker(index, quick, device):
+    from workloads import workloads
+    import torch
+    workload = workloads(quick)[index]
+    fn = workload.torch(device)
+    after = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    timer = LocalTimer(fn, workload.warmup, after)
+    print(json.dumps("ready"), flush=True)
+    for line in sys.stdin:
+        print(json.dumps(timer.time(int(line))), flush=True)
+
+
+def alternate(timers, calls, repeats):
+    """{label: [seconds per call, one per repeat]}, the timers' repeats interleaved."""
+    times = {label: [] for label in timers}
+    for _ in range(repeats):
+        for label, timer in timers.items():
+            times[label].append(timer.time(calls))
+    return times
+
+
+def summary(seconds):
+    """(min, median) of a list of times."""
+    return min(seconds), statistics.median(seconds)
+
+
+# Memory ----------------------------------------------------------------------------------------
+
+def rss_kib(field):
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")
+    except OSError:
+        pass
+    return rss_kib("VmRSS:")
+
+
+def peak_added_mib(baseline):
+    peak = rss_kib("VmHWM:")
+    return None if peak is None or baseline is None else max(0, peak - baseline) / 1024
+
+
+def peak_memory(index, impl, algorithm=None):
+    """Peak resident memory (MiB) that workload `index` adds to a fresh process, for `impl`
+    ("numpy" or "torch-cpu", with the convolution `algorithm`): the model and three calls."""
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), "memory", str(index), impl,
+                             algorithm or "auto"], capture_output=True, text=True)
+    try:
+        return float(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def memory_child(index, impl, algorithm):
+    if impl.startswith("torch"):
+        import torch  # noqa: F401  (imported before the baseline, as numpy is)
+    from workloads import workloads
+    workload = workloads(quick=False)[index]
+    baseline = reset_peak()
+    fn = workload.torch("cpu") if impl.startswith("torch") else workload.ours(None if algorithm == "auto" else algorithm)
+    for _ in range(3):
+        fn()
+    print(peak_added_mib(baseline))
+
+
+def matmul_peak(quick):
+    """numpy's float32 matmul rate on square matrices (GFLOP/s), best of three."""
+    import numpy as np
+    n = 1024 if quick else 2048
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    a @ a
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+if __name__ == "__main__":
+    command, *rest = sys.argv[1:]
+    if command == "torch-worker":
+        torch_worker(int(rest[0]), bool(int(rest[1])), rest[2])
+    elif command == "memory":
+        memory_child(int(rest[0]), rest[1], rest[2])
