@@ -91,7 +91,9 @@ def main():
     if frames:
         plots.trajectory(frames, None, os.path.join(args.out, "trajectory.png"),
                          os.path.join(args.out, "trajectory.gif"), as_images=True)
-    print(f"wrote {args.out}/images.png{', guidance.png' if sweep else ''}, samples.npy, checkpoint.npz, loss.csv")
+    written = ["images.png"] + ["guidance.png"] * bool(sweep) + ["samples.npy"] + ["labels.npy"] * args.conditional
+    written += ["checkpoint.npz", "loss.csv"] if trainer.losses else []          # none when only sampling
+    print(f"wrote {args.out}/{', '.join(written)}")
     cli.show_window(not args.no_window)
 
 

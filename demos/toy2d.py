@@ -69,8 +69,9 @@ def main():
     if frames:
         plots.trajectory(frames, x[:5000], os.path.join(args.out, "trajectory.png"),
                          os.path.join(args.out, "trajectory.gif"), as_images=False)
-    labels_file = ", labels.npy" if args.conditional else ""
-    print(f"wrote {args.out}/toy.png, samples.npy{labels_file}, checkpoint.npz, loss.csv")
+    written = ["toy.png", "samples.npy"] + ["labels.npy"] * args.conditional
+    written += ["checkpoint.npz", "loss.csv"] if trainer.losses else []          # none when only sampling
+    print(f"wrote {args.out}/{', '.join(written)}")
     cli.show_window(not args.no_window)
 
 
