@@ -10,7 +10,7 @@ Writes into --out: images.png (training images on top, generated ones below), sa
 checkpoint.npz, loss.csv, loss.png, and with --trajectory trajectory.png and trajectory.gif.
 With --conditional, images.png has one row per class (0 to 9) and labels.npy the class of each
 row of samples.npy; --guidance-sweep adds guidance.png, the same grid (from the same noise) for
-each guidance scale, side by side.
+each guidance scale, side by side, and its samples as samples_guidance_S.npy.
 MNIST and Fashion-MNIST are read from --data-dir, or downloaded once into ~/.cache/numpy-ddpm.
 """
 
@@ -88,10 +88,13 @@ def main():
         grids = [generated if s == args.guidance else sample_again(args, trainer, x.shape[1:], sample_labels, s)
                  for s in sweep]
         plots.guidance_grids(grids, sweep, per_class, os.path.join(args.out, "guidance.png"))
+        for s, grid in zip(sweep, grids):
+            np.save(os.path.join(args.out, f"samples_guidance_{s:g}.npy"), grid)
     if frames:
         plots.trajectory(frames, None, os.path.join(args.out, "trajectory.png"),
                          os.path.join(args.out, "trajectory.gif"), as_images=True)
-    written = ["images.png"] + ["guidance.png"] * bool(sweep) + ["samples.npy"] + ["labels.npy"] * args.conditional
+    written = ["images.png"] + ["guidance.png", "samples_guidance_*.npy"] * bool(sweep) + ["samples.npy"]
+    written += ["labels.npy"] * args.conditional
     written += ["checkpoint.npz", "loss.csv"] if trainer.losses else []          # none when only sampling
     print(f"wrote {args.out}/{', '.join(written)}")
     cli.show_window(not args.no_window)

@@ -392,5 +392,8 @@ def test_mnist_demo_conditional_with_a_guidance_sweep(tmp_path):
     assert np.load(os.path.join(out, "samples.npy")).shape == (10, 1, 8, 8)
     np.testing.assert_array_equal(np.load(os.path.join(out, "labels.npy")), np.arange(10))
     assert os.path.getsize(os.path.join(out, "guidance.png")) > 0
+    sweep = {s: np.load(os.path.join(out, f"samples_guidance_{s}.npy")) for s in ("0", "1", "3")}
+    np.testing.assert_array_equal(sweep["1"], np.load(os.path.join(out, "samples.npy")))   # s = 1 is the main draw
+    assert sweep["3"].shape == (10, 1, 8, 8) and not np.array_equal(sweep["3"], sweep["1"])
     result = run_demo("mnist.py", "--guidance-sweep", "0,1", "--out", out)
     assert result.returncode == 2 and "needs --conditional" in result.stderr
