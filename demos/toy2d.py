@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from numpy_ddpm import cli, data, metrics, plots  # noqa: E402
+from numpy_ddpm import backend, cli, data, exact, likelihood, metrics, plots  # noqa: E402
 from numpy_ddpm.experiment import train_and_sample  # noqa: E402
 from numpy_ddpm.models import mlp  # noqa: E402
 
@@ -29,6 +29,8 @@ def main():
     parser.add_argument("--data", default="spiral", help=f"one of: {', '.join(data.TOY)}")
     parser.add_argument("--hidden", type=int, default=256, help="width of the MLP's hidden layers")
     parser.add_argument("--label", type=int, default=None, help="with --conditional: draw only this class")
+    parser.add_argument("--no-bound", action="store_true",
+                        help="skip the variational bound (all T terms over 2000 fresh points) and bound.png")
     args = parser.parse_args()
     data.require(args.data, data.TOY)
     if args.conditional:
@@ -62,6 +64,13 @@ def main():
           f"(two draws of the data), distance / floor = {distance / floor:.2f}")
     print(f"{args.data}: energy distance {energy:.5f}, floor {energy_floor:.5f}")
 
+    if not args.no_bound:       # the lecture's bound on fresh points, beside the exact NLL where known
+        fresh = data.toy(args.data, 2000, seed=args.seed + 12345)
+        null = backend.asarray(np.full(len(fresh), K)) if args.conditional else None     # "no label"
+        likelihood.report(model, fresh, trainer.meta["mean"], trainer.meta["std"], trainer.schedule,
+                          backend.default_rng(args.seed, 7_000_003), args.out,
+                          exact=exact.entropy_per_dim(args.data), labels=null, title=args.data)
+
     title = f"{args.data}: {len(generated)} generated points, distance / floor = {distance / floor:.2f}"
     if args.conditional:
         title = f"{args.data}: {len(generated)} points, guidance s = {args.guidance:g}, coloured by class"
@@ -69,7 +78,7 @@ def main():
     if frames:
         plots.trajectory(frames, x[:5000], os.path.join(args.out, "trajectory.png"),
                          os.path.join(args.out, "trajectory.gif"), as_images=False)
-    written = ["toy.png", "samples.npy"] + ["labels.npy"] * args.conditional
+    written = ["toy.png", "samples.npy"] + ["labels.npy"] * args.conditional + ["bound.png"] * (not args.no_bound)
     written += ["checkpoint.npz", "loss.csv"] if trainer.losses else []          # none when only sampling
     print(f"wrote {args.out}/{', '.join(written)}")
     cli.show_window(not args.no_window)

@@ -3,6 +3,7 @@
 import math
 import os
 import sys
+import time
 
 from tqdm.auto import tqdm
 
@@ -48,10 +49,12 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
             raise CheckpointError(f"{args.resume} was trained on other data (mean {saved['mean']:.4g}, "
                                   f"std {saved['std']:.4g}); pass the same --data, --nb-samples and --seed")
     x_train = backend.asarray(x_standardised, dtype=backend.dtype)             # uploaded once
+    start = time.perf_counter()
     trainer.fit(x_train, checkpoint_path=os.path.join(args.out, "checkpoint.npz"),
                 log_path=os.path.join(args.out, "loss.csv"), progress=not args.no_progress,
                 labels=None if labels is None else backend.asarray(labels))
     trainer.finish()
+    trained = time.perf_counter()
 
     frames = []
 
@@ -68,6 +71,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     frames = [(t, comm.gather_rows(x_t)) for t, x_t in frames]
     comm.done()                                                                # ranks but 0 exit here
     generated = generated * std + mean
+    print(f"trained in {trained - start:.1f} s, sampled in {time.perf_counter() - trained:.1f} s")
     np.save(os.path.join(args.out, "samples.npy"), generated)
     if trainer.losses:
         plots.loss_curve(trainer.losses, os.path.join(args.out, "loss.png"))
