@@ -59,7 +59,7 @@ def main():
     parser.add_argument("--no-bound", action="store_true", help="skip the bits/dim bound on held-out images")
     parser.add_argument("--bound-timesteps", type=int, default=50,
                         help="sampled t per held-out image for the bound (an unbiased estimate; 0: all T)")
-    args = parser.parse_args()
+    args = cli.parse(parser)
     data.require(args.data, data.IMAGES, "image data set")
     if args.width < 1 or args.kernel_size < 1 or args.kernel_size % 2 == 0:
         raise cli.UserError("--width must be positive and --kernel-size a positive odd number")

@@ -24,14 +24,21 @@ from numpy_ddpm.experiment import train_and_sample  # noqa: E402
 from numpy_ddpm.models import mlp  # noqa: E402
 
 
+# --recipe fast: big batches (numpy's large products are cheap), a warm-up then cosine decay of
+# the learning rate, an EMA that ramps up with the step count, and 50 DDIM steps; chosen by
+# benchmarks/recipes.py (see benchmarks/README.md for what it reaches and what it does not)
+FAST = dict(batch_size=1024, learning_rate=3e-3, lr_schedule="cosine", warmup_steps=100, ema_decay=0.999,
+            ema_warmup=True, nb_epochs=60, sampler="ddim", sampling_steps=50, eta=0.0)
+
+
 def main():
-    parser = cli.common_parser(__doc__.splitlines()[0], out="runs/toy2d")
+    parser = cli.common_parser(__doc__.splitlines()[0], out="runs/toy2d", recipes={"fast": FAST})
     parser.add_argument("--data", default="spiral", help=f"one of: {', '.join(data.TOY)}")
     parser.add_argument("--hidden", type=int, default=256, help="width of the MLP's hidden layers")
     parser.add_argument("--label", type=int, default=None, help="with --conditional: draw only this class")
     parser.add_argument("--no-bound", action="store_true",
                         help="skip the variational bound (all T terms over 2000 fresh points) and bound.png")
-    args = parser.parse_args()
+    args = cli.parse(parser)
     data.require(args.data, data.TOY)
     if args.conditional:
         data.require_classes(args.data)

@@ -5,14 +5,16 @@ import os
 import sys
 
 from . import backend, distributed
+from .optim import LR_SCHEDULES
 
 
 class UserError(Exception):
     """Something the user asked for cannot be done; its message is one sentence."""
 
 
-def common_parser(description, **defaults):
-    """The flags every demo has; `defaults` override the lecture's values."""
+def common_parser(description, recipes=None, **defaults):
+    """The flags every demo has; `defaults` override the lecture's values. `recipes` maps a
+    name to flag values that `--recipe NAME` sets (flags given explicitly still win)."""
     d = dict(nb_epochs=100, nb_samples=25000, batch_size=25, learning_rate=1e-3, ema_decay=0.9999,
              seed=0, nb_generated=1000, out="runs/demo")
     d.update(defaults)
@@ -32,6 +34,17 @@ def common_parser(description, **defaults):
     parser.add_argument("--ema-decay", type=float, default=d["ema_decay"])
     parser.add_argument("--reset-adam-each-epoch", action="store_true",
                         help="re-create Adam at every epoch, as the lecture's code does")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                        help="learning rate after the warm-up: constant, or a cosine or linear decay to 0")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up from 0")
+    parser.add_argument("--ema-warmup", action="store_true",
+                        help="EMA decay min(--ema-decay, (1 + k) / (10 + k)) at step k: short runs forget their init")
+    recipes = recipes or {}
+    parser.add_argument("--recipe", choices=["lecture"] + list(recipes), default="lecture",
+                        help="lecture: the lecture's settings; " + "; ".join(
+                            f"{name}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.items())
+                            for name, r in recipes.items()))
+    parser.set_defaults(recipes=recipes)
     parser.add_argument("--seed", type=int, default=d["seed"])
     parser.add_argument("--nb-generated", type=int, default=d["nb_generated"])
     parser.add_argument("--out", default=d["out"], help="directory for the plot, samples, checkpoint and log")
@@ -58,6 +71,18 @@ def common_parser(description, **defaults):
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel training over the ranks of mpiexec -n P (see numpy_ddpm/distributed.py)")
     return parser
+
+
+def parse(parser, argv=None):
+    """Parse the flags, then apply --recipe to the flags not given explicitly."""
+    args = parser.parse_args(argv)
+    if args.recipe != "lecture":
+        unset = object()
+        given = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
+        for key, value in args.recipes[args.recipe].items():
+            if getattr(given, key) is unset:
+                setattr(args, key, value)
+    return args
 
 
 def check_common(args):

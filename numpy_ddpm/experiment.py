@@ -36,9 +36,10 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     config = TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
                          reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads,
-                         cond_drop=args.cond_drop)
+                         cond_drop=args.cond_drop, lr_schedule=args.lr_schedule,
+                         warmup_steps=args.warmup_steps, ema_warmup=args.ema_warmup)
     steps = args.nb_epochs * math.ceil(len(x_host) / args.batch_size)
-    if comm.rank == 0 and steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
+    if comm.rank == 0 and not args.ema_warmup and steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
         print(f"warning: an EMA decay of {args.ema_decay} averages over about {1 / (1 - args.ema_decay):.0f} "
               f"steps, and this run has {steps}: the samples will come from weights still close to "
               f"their initialisation; lower --ema-decay or train longer", file=sys.stderr)

@@ -82,3 +82,12 @@ def test_a_scheduled_run_resumes_exactly(tmp_path):
     resumed.fit(x, progress=False)
     np.testing.assert_array_equal(to_np(resumed.model.flat_params), to_np(full.model.flat_params))
     np.testing.assert_array_equal(to_np(resumed.ema.averages[0]), to_np(full.ema.averages[0]))
+
+
+def test_recipe_sets_what_was_not_given_explicitly():
+    from numpy_ddpm import cli
+    parser = cli.common_parser("test", recipes={"fast": dict(batch_size=1024, learning_rate=3e-3, ema_warmup=True)})
+    lecture = cli.parse(parser, [])
+    assert (lecture.batch_size, lecture.learning_rate, lecture.ema_warmup) == (25, 1e-3, False)
+    fast = cli.parse(parser, ["--recipe", "fast", "--learning-rate", "1e-3"])
+    assert (fast.batch_size, fast.learning_rate, fast.ema_warmup) == (1024, 1e-3, True)

@@ -1,0 +1,133 @@
+"""The lecture's toy configuration against `--recipe fast`: quality and wall time, side by side.
+
+    python benchmarks/recipes.py                                  # ten sets, seeds 0 1 2
+    python benchmarks/recipes.py --sets spiral,moons --seeds 0    # a subset
+
+Each run is `demos/toy2d.py` in a fresh process, as a user runs it, with 5000 generated points;
+the two configurations alternate (lecture, fast, lecture, ...) so that a drift of the machine
+touches both. Reported per set: distance / floor (sliced Wasserstein-1 in 2-D, exact W1 in 1-D,
+5000 generated points against 5000 fresh ones; see numpy_ddpm/metrics.py), median over the
+seeds, and the median wall time of a run (training and sampling, from the demo's own clock,
+and the whole process). Writes a markdown table, a JSON record and a plot of quality against
+wall time. Time nothing else on the machine meanwhile.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETS = ("gaussian_mixture", "ramp", "two_discs", "disc_grid", "spiral",
+        "moons", "swiss_roll", "eight_gaussians", "checkerboard", "circles")
+CONFIGS = {"lecture": [], "fast": ["--recipe", "fast"]}
+
+
+def run_demo(name, seed, config, args):
+    """One demo run: {'ratio', 'wall', 'train', 'sample'} parsed from what it prints."""
+    out = os.path.join(args.out, config, f"{name}-{seed}")
+    command = [sys.executable, os.path.join(ROOT, "demos", "toy2d.py"), "--data", name, "--seed", str(seed),
+               "--nb-generated", str(args.nb_generated), "--no-window", "--no-progress", "--no-bound",
+               "--out", out] + CONFIGS[config]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    ratio = re.search(r"distance / floor = ([0-9.]+)", result.stdout)
+    timing = re.search(r"trained in ([0-9.]+) s, sampled in ([0-9.]+) s", result.stdout)
+    return {"set": name, "seed": seed, "config": config, "ratio": float(ratio.group(1)), "wall": wall,
+            "train": float(timing.group(1)) if timing else None,
+            "sample": float(timing.group(2)) if timing else None}
+
+
+def summary(runs):
+    """{(set, config): (median ratio, median wall, median train + sample)}"""
+    table = {}
+    for key in sorted({(r["set"], r["config"]) for r in runs}):
+        chosen = [r for r in runs if (r["set"], r["config"]) == key]
+        inner = [r["train"] + r["sample"] for r in chosen if r["train"] is not None]
+        table[key] = (statistics.median(r["ratio"] for r in chosen), statistics.median(r["wall"] for r in chosen),
+                      statistics.median(inner) if inner else float("nan"))
+    return table
+
+
+def markdown(table, sets, seeds):
+    lines = [f"Median over seeds {', '.join(map(str, seeds))}; distance / floor with 5000 generated points; "
+             "seconds: training + sampling (the demo's clock), and the whole process in brackets.", "",
+             "| set | lecture: distance / floor | lecture: s | fast: distance / floor | fast: s | time ratio |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name in sets:
+        if (name, "lecture") not in table or (name, "fast") not in table:
+            continue
+        (lr, lw, li), (fr, fw, fi) = table[name, "lecture"], table[name, "fast"]
+        lines.append(f"| {name} | {lr:.2f} | {li:.1f} ({lw:.1f}) | {fr:.2f} | {fi:.1f} ({fw:.1f}) | {li / fi:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for config, marker in (("lecture", "o"), ("fast", "s")):
+        points = [(value[2], value[0], name) for (name, c), value in table.items() if c == config]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=config)
+        for x, y, name in points:
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training + sampling time (s)")
+    ax.set_ylabel("distance / floor (median of seeds)")
+    ax.axhline(1, color="grey", linewidth=0.5)
+    ax.legend()
+    ax.set_title("toy sets: the lecture's configuration against --recipe fast")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--configs", default="lecture,fast")
+    parser.add_argument("--nb-generated", type=int, default=5000)
+    parser.add_argument("--out", default=os.path.join(ROOT, "runs", "recipes"))
+    parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "recipes.json"))
+    parser.add_argument("--markdown", help="write the table to this file")
+    parser.add_argument("--plot", help="write the quality-against-time plot to this PNG")
+    parser.add_argument("--keep", action="store_true", help="reuse the runs already in --json")
+    args = parser.parse_args()
+    sets, seeds, configs = args.sets.split(","), [int(s) for s in args.seeds.split(",")], args.configs.split(",")
+    runs = []
+    if args.keep and os.path.exists(args.json):
+        with open(args.json) as file:
+            runs = json.load(file)["runs"]
+    done = {(r["set"], r["seed"], r["config"]) for r in runs}
+    for seed in seeds:
+        for name in sets:
+            for config in configs:
+                if (name, seed, config) in done:
+                    continue
+                runs.append(run_demo(name, seed, config, args))
+                r = runs[-1]
+                print(f"{name:16s} seed {seed} {config:8s} distance/floor {r['ratio']:.2f}  "
+                      f"train+sample {r['train'] + r['sample'] if r['train'] else float('nan'):.1f} s  "
+                      f"process {r['wall']:.1f} s", flush=True)
+                with open(args.json, "w") as file:
+                    json.dump({"runs": runs}, file, indent=1)
+    table = summary(runs)
+    text = markdown(table, sets, seeds)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as file:
+            file.write(text)
+    if args.plot:
+        plot(table, args.plot)
+
+
+if __name__ == "__main__":
+    main()
