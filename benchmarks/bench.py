@@ -170,6 +170,8 @@ def main():
     parser.add_argument("--markdown", help="also write the table as markdown to this file")
     parser.add_argument("--workdir", default="/tmp/numpy-ddpm-bench")
     args = parser.parse_args()
+    from numpy_ddpm import backend
+    backend.reuse_freed_memory()      # as the demos do: whatever ran first, no page faults per step
 
     import numpy as np
     from threadpoolctl import threadpool_info

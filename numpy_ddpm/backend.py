@@ -84,6 +84,29 @@ def blas_threads(count):
         yield
 
 
+def reuse_freed_memory():
+    """Let the C allocator reuse freed arrays of up to 32 MB instead of returning them to the
+    system (glibc only; elsewhere nothing happens). Returns whether it applied.
+
+    A training step makes temporaries of 0.1 to 10 MB (activations, ReLU masks, gradients).
+    glibc maps each one above its threshold (128 KiB, raised only after larger blocks were
+    freed) afresh from the system and unmaps it when freed, so every step pays page faults
+    for them: the lecture's conv net on digits trains at 14 steps/s with Winograd in a fresh
+    process, 32 steps/s once they are reused. The demos call this; a library user may too.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20))
+    except (OSError, AttributeError):       # not glibc (musl has no mallopt)
+        return False
+
+
 # Arrays ------------------------------------------------------------------------------------
 
 def asarray(a, dtype=None):
