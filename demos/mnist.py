@@ -84,7 +84,7 @@ def main():
     if len(generated) >= 2:     # a Fréchet distance needs a covariance; the classifier trains once, then is cached
         print(quality.format(quality.report(generated, args.data, labels=sample_labels, data_dir=args.data_dir)))
     if not args.no_bound:       # bits/dim on images no run trains on (digits: the last 297; MNIST: its test split)
-        held_out = likelihood.held_out_images(args.data, args.data_dir)
+        held_out = data.held_out(args.data, args.data_dir)
         null = backend.asarray(np.full(len(held_out), K)) if args.conditional else None      # "no label"
         likelihood.image_report(model, held_out, trainer.meta["mean"], trainer.meta["std"],
                                 likelihood.IMAGE_LEVELS[args.data], trainer.schedule,

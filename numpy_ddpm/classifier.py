@@ -32,7 +32,6 @@ from . import backend, checkpoint, data
 from .layers import Linear, ReLU, Sequential, SoftmaxCrossEntropy
 from .optim import Adam
 
-DIGITS_HELD_OUT = 297       # digits: the last 297 images are held out (the likelihood issue's split)
 
 SETTINGS = {    # data set -> (hidden widths, epochs, batch size, learning rate)
     "digits": dict(hidden=(128, 32), nb_epochs=30, batch_size=50, learning_rate=1e-3, seed=0),
@@ -43,35 +42,15 @@ SETTINGS = {    # data set -> (hidden widths, epochs, batch size, learning rate)
 
 # Labelled splits ------------------------------------------------------------------------------
 
-def idx_labels(name, split="train", data_dir=None, cache_dir=None):
-    """The labels of MNIST or Fashion-MNIST, split "train" (60000) or "t10k" (10000), as a host
-    int64 array, read with data.read_idx from the set's labels IDX file."""
-    return _idx_file(name, f"{split}-labels-idx1-ubyte.gz", data_dir, cache_dir).astype(backend.np.int64)
-
-
-def _idx_file(name, file, data_dir, cache_dir):
-    directory = data.fetch_image_set(name, data_dir, cache_dir)
-    path = os.path.join(directory, file)
-    return data.read_idx(path if os.path.exists(path) else path[:-3])
-
-
 def labelled_split(name, split, data_dir=None, cache_dir=None):
     """(images (N, 1, H, W) float32 in [0, 1], labels (N,) int64) of split "train" or
-    "held_out" of the image set `name`, on the host."""
-    data.require(name, data.IMAGES, "image data set")
-    np = backend.np
+    "held_out" (data.held_out) of the image set `name`, on the host."""
+    if split == "held_out":
+        return data.held_out(name, data_dir, cache_dir, labels=True)
     if name == "digits":
-        images = data.digits()
-        from sklearn.datasets import load_digits        # data.digits() has checked it imports
-        labels = load_digits().target.astype(np.int64)
-        cut = len(images) - DIGITS_HELD_OUT
-        return (images[:cut], labels[:cut]) if split == "train" else (images[cut:], labels[cut:])
-    prefix = "train" if split == "train" else "t10k"
-    images = _idx_file(name, f"{prefix}-images-idx3-ubyte.gz", data_dir, cache_dir)
-    labels = idx_labels(name, prefix, data_dir, cache_dir)
-    if images.ndim != 3 or len(images) != len(labels):
-        raise data.DataError(f"the {prefix} files of {name} hold {images.shape} images for {labels.shape} labels")
-    return (images.astype(np.float32) / 255)[:, None], labels
+        images, labels = data.digits(labels=True)
+        return images[:-data.DIGITS_HELD_OUT], labels[:-data.DIGITS_HELD_OUT]
+    return data.images(name, None, data_dir, cache_dir, labels=True)
 
 
 # The classifier -------------------------------------------------------------------------------

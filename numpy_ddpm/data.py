@@ -280,18 +280,18 @@ def _idx_path(directory, file):
     return path if os.path.exists(path) else path[:-3]
 
 
-def idx_images(name, n=None, data_dir=None, cache_dir=None, mirrors=None, labels=False):
-    """The first n training images of MNIST or Fashion-MNIST, (n, 1, 28, 28) in [0, 1]; with
-    labels=True, the pair (images, labels), labels (n,) integers in 0..9."""
+def idx_images(name, n=None, data_dir=None, cache_dir=None, mirrors=None, labels=False, split="train"):
+    """The first n images of MNIST's or Fashion-MNIST's split "train" (60000) or "t10k" (10000),
+    (n, 1, 28, 28) in [0, 1]; with labels=True, the pair (images, labels (n,) integers in 0..9)."""
     directory = fetch_image_set(name, data_dir, cache_dir, mirrors)
-    path = _idx_path(directory, "train-images-idx3-ubyte.gz")
+    path = _idx_path(directory, f"{split}-images-idx3-ubyte.gz")
     images = read_idx(path)
     if images.ndim != 3:
         raise DataError(f"{path} holds arrays of shape {images.shape}, not a stack of images")
     images = (images[:n] if n else images).astype(backend.np.float32) / 255
     if not labels:
         return images[:, None]
-    path = _idx_path(directory, "train-labels-idx1-ubyte.gz")
+    path = _idx_path(directory, f"{split}-labels-idx1-ubyte.gz")
     classes = read_idx(path)
     if classes.ndim != 1 or len(classes) < len(images):
         raise DataError(f"{path} holds labels of shape {classes.shape}, not one for each of the "
@@ -315,6 +315,19 @@ def digits(n=None, labels=False):
 
 
 IMAGES = ("digits", "mnist", "fashion_mnist")
+
+
+DIGITS_HELD_OUT = 297       # the last 297 of the 1797 digits: the image demo trains on the first 1500
+
+
+def held_out(name, data_dir=None, cache_dir=None, labels=False):
+    """Images no demo trains on, for the bound and the quality measure: the last 297 digits, or
+    the 10,000 of MNIST's or Fashion-MNIST's test split; with labels=True, (images, labels)."""
+    require(name, IMAGES, "image data set")
+    if name == "digits":
+        loaded = digits(labels=labels)
+        return tuple(a[-DIGITS_HELD_OUT:] for a in loaded) if labels else loaded[-DIGITS_HELD_OUT:]
+    return idx_images(name, None, data_dir, cache_dir, labels=labels, split="t10k")
 
 
 def images(name, n=None, data_dir=None, cache_dir=None, labels=False):

@@ -343,22 +343,6 @@ def bound_terms_and_spread(model, x0, schedule, rng, variance="beta", labels=Non
 
 
 IMAGE_LEVELS = {"digits": 17, "mnist": 256, "fashion_mnist": 256}   # pixels k / 16, k / 255
-DIGITS_HELD_OUT = 297       # the last 297 of the 1797 digits: train on the first 1500
-
-
-def held_out_images(name, data_dir=None):
-    """Images no demo trains on, (N, 1, H, W) in [0, 1]: the last 297 digits (train with
-    --nb-samples 1500 at most), or the 10,000 of MNIST's or Fashion-MNIST's test split."""
-    data.require(name, data.IMAGES, "image data set")
-    if name == "digits":
-        return data.digits()[-DIGITS_HELD_OUT:]
-    directory = data.fetch_image_set(name, data_dir)
-    path = os.path.join(directory, "t10k-images-idx3-ubyte.gz")
-    if not os.path.exists(path):
-        path = path[:-3]
-    return (data.read_idx(path).astype(backend.np.float32) / 255)[:, None]
-
-
 def image_report(model, x_held_out, mean, std, nb_levels, schedule, rng, nb_timesteps=None,
                  variance="beta", labels=None):
     """The image demo's line: bits per dimension of held-out images x_held_out (N, C, H, W), a
@@ -444,7 +428,7 @@ def main(argv=None):
         report(model, x, mean, std, schedule, rng, out, entropy_per_dim(name), args.nb_timesteps,
                args.variance, labels, title=name)
     elif name in IMAGE_LEVELS:
-        x = held_out_images(name, args.data_dir)
+        x = data.held_out(name, args.data_dir)
         labels = None if nb_classes is None else backend.xp.full(len(x), nb_classes)
         image_report(model, x, mean, std, IMAGE_LEVELS[name], schedule, rng, args.nb_timesteps, args.variance,
                      labels)

@@ -118,7 +118,7 @@ def test_idx_classifier_path_on_synthetic_files(tmp_path):
         labels = rng.integers(0, 10, n)
         (tmp_path / f"{split}-images-idx3-ubyte.gz").write_bytes(idx_bytes(bars(labels, rng)))
         (tmp_path / f"{split}-labels-idx1-ubyte.gz").write_bytes(idx_bytes(labels))
-    np.testing.assert_array_equal(classifier.idx_labels("mnist", "t10k", data_dir=str(tmp_path)), labels)
+    np.testing.assert_array_equal(classifier.labelled_split("mnist", "held_out", str(tmp_path))[1], labels)
     settings = dict(hidden=(16, 8), nb_epochs=10, batch_size=30, learning_rate=3e-3, seed=0)
     trained = classifier.load_or_train("mnist", data_dir=str(tmp_path), cache_dir=str(tmp_path), settings=settings)
     assert trained.accuracy > 0.9 and os.path.exists(trained.path)
