@@ -126,6 +126,15 @@ def test_energy_distance():
     assert metrics.energy_distance(x, y) == pytest.approx(1.0)
 
 
+def test_mean_distance_in_blocks_matches_all_pairs():
+    rng = np.random.default_rng(3)
+    u, v = rng.normal(size=(70, 2)) * 5, rng.normal(size=(45, 2)) + 3
+    direct = np.sqrt(((u[:, None, :] - v[None, :, :]) ** 2).sum(axis=-1)).mean()
+    assert metrics.mean_distance(u, v, rows=16) == pytest.approx(direct, rel=1e-12)
+    within = np.sqrt(((u[:, None, :] - u[None, :, :]) ** 2).sum(axis=-1)).mean()     # zeros on the diagonal
+    assert metrics.mean_distance(u, u, rows=7) == pytest.approx(within, rel=1e-9)
+
+
 def test_metric_floor_and_known_distances():
     a = np.array([[0.0], [1.0], [2.0]])
     assert metrics.wasserstein_1d(a, a + 0.5) == pytest.approx(0.5)
