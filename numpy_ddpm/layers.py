@@ -74,6 +74,31 @@ class ReLU(Layer):
         return dy * (self.y > 0)            # dy/dx = 1 where x > 0, else 0
 
 
+class Dropout(Layer):
+    """Inverted dropout (Srivastava et al., 2014), any shape: while training,
+
+        y = x * mask,   mask = keep / (1 - p),   keep ~ Bernoulli(1 - p) for each element,
+
+    so E[y] = x and evaluation (`train(False)`) is the identity. A fresh mask is drawn at every
+    forward pass from `rng`, a generator of the backend (backend.default_rng).
+    """
+
+    def __init__(self, p, rng):
+        if not 0 <= p < 1:
+            raise ValueError(f"the dropout probability must be in [0, 1), not {p}")
+        self.p, self.rng = p, rng
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        keep = self.rng.random(x.shape, dtype=x.dtype) >= self.p
+        self.mask = keep.astype(x.dtype) / (1 - self.p)
+        return x * self.mask
+
+    def backward(self, dy):
+        return dy * self.mask               # dy/dx = mask: the dropped elements pass no gradient
+
+
 class TimeAppender(Layer):
     """Appends the time t to the input, as in the lecture.
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend, gradcheck
-from numpy_ddpm.layers import Conv2d, Linear, MSELoss, ReLU, Sequential, SoftmaxCrossEntropy, TimeAppender
+from numpy_ddpm.layers import (Conv2d, Dropout, Linear, MSELoss, ReLU, Sequential, SoftmaxCrossEntropy,
+                               TimeAppender)
 from numpy_ddpm.models import convnet, mlp
 
 from conftest import to_np
@@ -36,6 +37,40 @@ def test_relu(float64):
     layer = ReLU()
     x = gradcheck.away_from_kinks(layer, (6, 9), rng=rng)
     assert_all_checked(gradcheck.check(layer, x, rng=rng), layer)
+
+
+class FixedDraws:
+    """A stand-in generator whose `random` returns the same uniforms at every call, so each
+    forward pass of a finite-difference check drops the same elements."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self, shape, dtype):
+        assert shape == self.u.shape
+        return self.u.astype(dtype)
+
+
+def test_dropout(float64):
+    rng = np.random.default_rng(9)
+    u = backend.asarray(rng.uniform(size=(6, 9)))
+    layer = Dropout(0.3, FixedDraws(u))
+    x = randn(rng, 6, 9)
+    np.testing.assert_allclose(to_np(layer.forward(x)), to_np(x) * (to_np(u) >= 0.3) / 0.7)
+    assert_all_checked(gradcheck.check(layer, x, rng=rng), layer)
+    layer.training = False
+    assert layer.forward(x) is x
+
+
+def test_dropout_keeps_the_mean(xp_backend):
+    layer = Dropout(0.5, backend.default_rng(0))
+    x = backend.xp.ones((1000, 100), dtype=backend.dtype)
+    y, y_again = to_np(layer.forward(x)), to_np(layer.forward(x))
+    assert y.dtype == x.dtype and set(np.unique(y)) == {0.0, 2.0}
+    assert abs((y == 0).mean() - 0.5) < 0.01 and abs(y.mean() - 1) < 0.02
+    assert np.any(y != y_again)
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(1.0, backend.default_rng(0))
 
 
 @pytest.mark.parametrize("shape,t", [((4, 3), "array"), ((4, 3), 0.3), ((2, 3, 4, 5), "array"), ((2, 1, 3, 3), -0.5)])

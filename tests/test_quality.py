@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from numpy_ddpm import classifier, quality
+from numpy_ddpm import backend, classifier, quality
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,13 +89,35 @@ def test_digits_classifier_trains_and_is_cached(digits_cache):
     cache, trained = digits_cache
     assert not trained.from_cache
     assert trained.losses[-1] < 0.1 * trained.losses[0]
-    # 90.9% here: this split holds out other writers (see classifier.py); the issue's 95% is not met
-    assert trained.accuracy >= 0.88
+    # 96.0% here (96.0 to 96.3% over seeds 0 to 5) on a split that holds out other writers (see classifier.py)
+    assert trained.accuracy >= 0.95
     mtime = os.path.getmtime(trained.path)
     loaded = classifier.load_or_train("digits", cache_dir=cache)
     assert loaded.from_cache and loaded.path == trained.path and os.path.getmtime(loaded.path) == mtime
     np.testing.assert_array_equal(loaded.model.flat_params, trained.model.flat_params)
     assert loaded.accuracy == trained.accuracy
+
+
+class Highest:
+    """A stand-in generator whose `uniform` draws the top of its range, so the transform is known."""
+
+    def uniform(self, low, high, size):
+        return np.full(size, high)
+
+
+def test_random_similarity_moves_and_turns_images():
+    images = np.random.default_rng(6).uniform(size=(2, 5, 5)).astype(np.float32)
+    moved = classifier.random_similarity(images, np.random.default_rng(7), 0, 0, 0)
+    assert moved.dtype == np.float32
+    np.testing.assert_array_equal(moved, images)
+    padded = np.pad(images, ((0, 0), (0, 1), (0, 1)))                        # zeros come in from outside
+    np.testing.assert_allclose(classifier.random_similarity(images, Highest(), 1, 0, 0), padded[:, 1:, 1:])
+    np.testing.assert_allclose(classifier.random_similarity(images, Highest(), 0.5, 0, 0),  # q = p + 1/2
+                               sum(padded[:, i:i + 5, j:j + 5] for i in (0, 1) for j in (0, 1)) / 4, rtol=1e-6)
+    np.testing.assert_allclose(classifier.random_similarity(images, Highest(), 0, 0, np.pi / 2),
+                               np.rot90(images, k=-1, axes=(1, 2)), atol=1e-6)   # a quarter turn
+    grown = classifier.random_similarity(images, Highest(), 0, np.log(2), 0)    # twice as large: q = p / 2 + c
+    np.testing.assert_allclose(grown[:, ::2, ::2], images[:, 1:4, 1:4], rtol=1e-6)
 
 
 def idx_bytes(array):
@@ -143,8 +165,9 @@ def test_real_images_score_near_the_floor_and_damaged_ones_worse(digits_cache):
     order = np.random.default_rng(4).permutation(len(held_out))
     samples, reference = held_out[order[:148]], held_out[order[148:]]
 
-    def ratio(images):
-        return quality.report(images, "digits", cache_dir=cache, reference=reference)["ratio"]
+    def ratio(images):      # on one BLAS thread: two took 2 to 7 s here for 64 features on a busy 2-core machine
+        with backend.blas_threads(1):
+            return quality.report(images, "digits", cache_dir=cache, reference=reference)["ratio"]
     real = ratio(samples)
     assert 0.7 < real < 1.3
     noise = np.random.default_rng(5).standard_normal(samples.shape)
