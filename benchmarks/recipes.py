@@ -45,37 +45,83 @@ def run_demo(name, seed, config, args):
             "sample": float(timing.group(2)) if timing else None}
 
 
+def import_log(path, runs):
+    """Untimed lecture runs from a log of lines 'SET SEED distance / floor = R ...', for the sets
+    and seeds not in `runs`; where `runs` has one, its quality must be the log's (a run's
+    quality depends only on its set and seed, not on the machine's load)."""
+    known = {(r["set"], r["seed"], r["config"]): r["ratio"] for r in runs}
+    imported = []
+    with open(path) as file:
+        for line in file:
+            match = re.match(r"(\w+) (\d+) distance / floor = ([0-9.]+)", line)
+            if not match:
+                continue
+            key, ratio = (match.group(1), int(match.group(2)), "lecture"), float(match.group(3))
+            if key in known and known[key] != ratio:
+                print(f"warning: {key[0]} seed {key[1]} lecture: {known[key]:.2f} measured, {ratio:.2f} in {path}",
+                      file=sys.stderr)
+            if key not in known:
+                imported.append({"set": key[0], "seed": key[1], "config": "lecture", "ratio": ratio,
+                                 "wall": None, "train": None, "sample": None})
+    return imported
+
+
 def summary(runs):
     """{(set, config): (median ratio, median wall, median train + sample)}"""
     table = {}
     for key in sorted({(r["set"], r["config"]) for r in runs}):
         chosen = [r for r in runs if (r["set"], r["config"]) == key]
         inner = [r["train"] + r["sample"] for r in chosen if r["train"] is not None]
-        table[key] = (statistics.median(r["ratio"] for r in chosen), statistics.median(r["wall"] for r in chosen),
+        walls = [r["wall"] for r in chosen if r["wall"] is not None]
+        table[key] = (statistics.median(r["ratio"] for r in chosen),
+                      statistics.median(walls) if walls else float("nan"),
                       statistics.median(inner) if inner else float("nan"))
     return table
 
 
-def markdown(table, sets, seeds):
-    lines = [f"Median over seeds {', '.join(map(str, seeds))}; distance / floor with 5000 generated points; "
-             "seconds: training + sampling (the demo's clock), and the whole process in brackets.", "",
-             "| set | lecture: distance / floor | lecture: s | fast: distance / floor | fast: s | time ratio |",
+def overall_time(runs, config):
+    """(median training + sampling seconds over the timed runs of `config`, how many)."""
+    times = [r["train"] + r["sample"] for r in runs if r["config"] == config and r["train"] is not None]
+    return (statistics.median(times) if times else float("nan")), len(times)
+
+
+def markdown(runs, table, sets, seeds):
+    """The table of both configurations, set by set, and the time ratio of their medians."""
+    (lecture_s, nl), (fast_s, nf) = overall_time(runs, "lecture"), overall_time(runs, "fast")
+
+    def ratios(name, config):
+        values = [r["ratio"] for r in sorted(runs, key=lambda r: r["seed"]) if (r["set"], r["config"]) == (name, config)]
+        return f"{', '.join(f'{v:.2f}' for v in values)} (**{statistics.median(values):.2f}**)"
+
+    def seconds(name, config):
+        value = table[name, config][2]
+        return "" if value != value else f"{value:.1f}"          # nan: not timed
+
+    lines = [f"distance / floor with 5000 generated points for seeds {', '.join(map(str, seeds))} "
+             "(median in bold); seconds: training + sampling by the demo's own clock, median over the "
+             "timed runs of the set (blank: its runs were not timed).", "",
+             "| set | lecture: distance / floor | fast: distance / floor | fast as good? | lecture s | fast s |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name in sets:
         if (name, "lecture") not in table or (name, "fast") not in table:
             continue
-        (lr, lw, li), (fr, fw, fi) = table[name, "lecture"], table[name, "fast"]
-        lines.append(f"| {name} | {lr:.2f} | {li:.1f} ({lw:.1f}) | {fr:.2f} | {fi:.1f} ({fw:.1f}) | {li / fi:.1f}x |")
+        good = "yes" if table[name, "fast"][0] <= table[name, "lecture"][0] else "no"
+        lines.append(f"| {name} | {ratios(name, 'lecture')} | {ratios(name, 'fast')} | {good} | "
+                     f"{seconds(name, 'lecture')} | {seconds(name, 'fast')} |")
+    lines += ["", f"Median training + sampling time: lecture {lecture_s:.1f} s ({nl} runs), fast {fast_s:.1f} s "
+                  f"({nf} runs): **{lecture_s / fast_s:.1f}x**."]
     return "\n".join(lines) + "\n"
 
 
-def plot(table, path):
+def plot(runs, table, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for config, marker in (("lecture", "o"), ("fast", "s")):
-        points = [(value[2], value[0], name) for (name, c), value in table.items() if c == config]
+        overall = overall_time(runs, config)[0]           # for a set whose runs were not timed
+        points = [(value[2] if value[2] == value[2] else overall, value[0], name)
+                  for (name, c), value in table.items() if c == config]
         ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=config)
         for x, y, name in points:
             ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -100,12 +146,17 @@ def main():
     parser.add_argument("--markdown", help="write the table to this file")
     parser.add_argument("--plot", help="write the quality-against-time plot to this PNG")
     parser.add_argument("--keep", action="store_true", help="reuse the runs already in --json")
+    parser.add_argument("--import-log", metavar="FILE",
+                        help="add the quality of earlier lecture runs, untimed, from lines 'SET SEED distance / floor = R ...' "
+                             "(for the sets and seeds the JSON lacks; checked against those it has)")
     args = parser.parse_args()
     sets, seeds, configs = args.sets.split(","), [int(s) for s in args.seeds.split(",")], args.configs.split(",")
     runs = []
     if args.keep and os.path.exists(args.json):
         with open(args.json) as file:
             runs = json.load(file)["runs"]
+    if args.import_log:
+        runs += import_log(args.import_log, runs)
     done = {(r["set"], r["seed"], r["config"]) for r in runs}
     for seed in seeds:
         for name in sets:
@@ -115,18 +166,18 @@ def main():
                 runs.append(run_demo(name, seed, config, args))
                 r = runs[-1]
                 print(f"{name:16s} seed {seed} {config:8s} distance/floor {r['ratio']:.2f}  "
-                      f"train+sample {r['train'] + r['sample'] if r['train'] else float('nan'):.1f} s  "
+                      f"train+sample {r['train'] + r['sample'] if r['train'] is not None else float('nan'):.1f} s  "
                       f"process {r['wall']:.1f} s", flush=True)
                 with open(args.json, "w") as file:
                     json.dump({"runs": runs}, file, indent=1)
     table = summary(runs)
-    text = markdown(table, sets, seeds)
+    text = markdown(runs, table, sets, seeds)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as file:
             file.write(text)
     if args.plot:
-        plot(table, args.plot)
+        plot(runs, table, args.plot)
 
 
 if __name__ == "__main__":

@@ -17,3 +17,26 @@ def test_bench_quick_runs(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert {r["impl"] for r in rows} >= {"numpy"}
     assert all(r["per_second"] > 0 and r["gflops"] > 0 for r in rows)
+
+
+def test_recipes_table_imports_untimed_runs_and_checks_them(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import recipes
+    finally:
+        sys.path.pop(0)
+    log = tmp_path / "lecture.txt"
+    log.write_text("spiral 0 distance / floor = 1.74 wall 919.6\nspiral 1 distance / floor = 1.44 wall 108.2\n"
+                   "moons 0 distance / floor = 0.80 wall 371.2\n")
+    timed = [{"set": "spiral", "seed": 0, "config": "lecture", "ratio": 1.70, "wall": 101.0, "train": 87.0, "sample": 14.0},
+             {"set": "spiral", "seed": 0, "config": "fast", "ratio": 1.50, "wall": 12.0, "train": 8.0, "sample": 2.0},
+             {"set": "spiral", "seed": 1, "config": "fast", "ratio": 1.60, "wall": 12.0, "train": 9.0, "sample": 1.0},
+             {"set": "moons", "seed": 0, "config": "fast", "ratio": 0.90, "wall": 12.0, "train": 9.0, "sample": 1.0}]
+    imported = recipes.import_log(str(log), timed)
+    assert [(r["set"], r["seed"], r["train"]) for r in imported] == [("spiral", 1, None), ("moons", 0, None)]
+    assert "1.70 measured, 1.74 in" in capsys.readouterr().err          # the timed run disagrees with the log
+    runs = timed + imported
+    text = recipes.markdown(runs, recipes.summary(runs), ["spiral", "moons"], [0, 1])
+    assert "| spiral | 1.70, 1.44 (**1.57**) | 1.50, 1.60 (**1.55**) | yes | 101.0 | 10.0 |" in text
+    assert "| moons | 0.80 (**0.80**) | 0.90 (**0.90**) | no |  | 10.0 |" in text
+    assert "lecture 101.0 s (1 runs), fast 10.0 s (3 runs): **10.1x**" in text
