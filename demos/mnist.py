@@ -1,6 +1,7 @@
 """Train the lecture's conv net as a denoising diffusion model on digit images.
 
     python demos/mnist.py                                  # 8x8 digits, offline, a few CPU minutes
+    python demos/mnist.py --recipe fast                    # the same digits in under a quarter of the time
     python demos/mnist.py --data mnist --nb-samples 25000 --nb-epochs 100 --backend cupy
                                                            # the lecture's configuration (a GPU job)
     python demos/mnist.py --conditional --guidance-sweep 0,1,3,7
@@ -28,6 +29,19 @@ from numpy_ddpm.models import convnet  # noqa: E402
 
 NB_CLASSES = 10      # the digits 0 to 9 (Fashion-MNIST: its 10 kinds of clothing)
 
+# --recipe fast: 40 epochs instead of 150 (2,400 steps of the same batch of 25, so the same cost per
+# step) at 3x the learning rate, warmed up over 200 steps then decayed by a cosine, an EMA that
+# ramps up with the step count, and 50 DDIM steps instead of Algorithm 2's 1000: about a quarter
+# of the default's time. Chosen by experiment on the 8x8 digits, by FD / floor over 148 DDIM
+# samples (the default's weights: 2.4): at 40 epochs 3e-3 gave 3.2, 2e-3 3.35, 4e-3 3.4 (1e-3 was
+# the worst at 30), a linear decay 3.4, a plain EMA of 0.998 3.55, batch 50 3.65 for the same images
+# seen (batch 10 did no better than 25 and costs more per image); 30 and 35 epochs gave 3.8 and
+# 3.5. DDIM needs eta = 1: with eta = 0 the default's own weights score 2.12 instead of 1.36 (64
+# samples), with noisy backgrounds. The demo prints 1.65 (default: 1.45): clear digits, a few more
+# malformed.
+FAST = dict(batch_size=25, learning_rate=3e-3, lr_schedule="cosine", warmup_steps=200, ema_warmup=True,
+            nb_epochs=40, sampler="ddim", sampling_steps=50, eta=1.0)
+
 
 def guidance_values(args):
     """The scales of --guidance-sweep as floats ([] without it); a sentence if wrong."""
@@ -49,7 +63,7 @@ def main():
     # CPU-sized defaults: 150 epochs (9,000 steps); with so few steps the lecture's EMA decay of
     # 0.9999 would still weigh the initial weights at 41%, hence 0.999; and the first 1500 digits: the last 297 are held out for the bound and the quality measure
     parser = cli.common_parser(__doc__.splitlines()[0], out="runs/mnist", nb_epochs=150,
-                               nb_samples=1500, nb_generated=64, ema_decay=0.999)
+                               nb_samples=1500, nb_generated=64, ema_decay=0.999, recipes={"fast": FAST})
     parser.add_argument("--data", default="digits", help=f"one of: {', '.join(data.IMAGES)}")
     parser.add_argument("--data-dir", help="directory with the IDX files (MNIST, Fashion-MNIST)")
     parser.add_argument("--width", type=int, default=64, help="channels of the hidden convolutions")

@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import http.server
 import os
+import runpy
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from numpy_ddpm import backend, data
+from numpy_ddpm import backend, checkpoint, data
 from numpy_ddpm.diffusion import generate, train_step
 from numpy_ddpm.models import convnet
 from numpy_ddpm.optim import Adam
@@ -147,6 +148,22 @@ def test_mnist_demo_end_to_end(tmp_path):
     for name in ("images.png", "samples.npy", "checkpoint.npz", "trajectory.png", "trajectory.gif"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     assert np.load(os.path.join(out, "samples.npy")).shape == (4, 1, 8, 8)
+
+
+def test_mnist_demo_recipe_fast(tmp_path):
+    """--recipe fast sets the training flags not given explicitly (a tiny run: one epoch, width 8)."""
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    fast = runpy.run_path(os.path.join(ROOT, "demos", "mnist.py"))["FAST"]          # main() does not run
+    out = str(tmp_path / "run")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "demos", "mnist.py"), "--recipe", "fast",
+                             "--nb-samples", "50", "--nb-epochs", "1", "--nb-generated", "4", "--width", "8",
+                             "--kernel-size", "3", "--no-bound", "--out", out, "--no-window", "--no-progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    config = checkpoint.load(os.path.join(out, "checkpoint.npz"))[1]["config"]
+    assert config["nb_epochs"] == 1                                             # the explicit flag wins
+    for key in ("batch_size", "learning_rate", "lr_schedule", "warmup_steps", "ema_warmup"):
+        assert config[key] == fast[key], key
 
 
 def test_mnist_demo_user_errors(tmp_path):
