@@ -2,6 +2,8 @@
 
     python benchmarks/recipes.py                                  # ten sets, seeds 0 1 2
     python benchmarks/recipes.py --sets spiral,moons --seeds 0    # a subset
+    python benchmarks/recipes.py --keep --import-log runs/recipes/lecture.txt --markdown T.md --plot P.png
+                                  # the runs already in the JSON, the lecture's earlier ones untimed
 
 Each run is `demos/toy2d.py` in a fresh process, as a user runs it, with 5000 generated points;
 the two configurations alternate (lecture, fast, lecture, ...) so that a drift of the machine

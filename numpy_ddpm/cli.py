@@ -42,7 +42,8 @@ def common_parser(description, recipes=None, **defaults):
     recipes = recipes or {}
     parser.add_argument("--recipe", choices=["lecture"] + list(recipes), default="lecture",
                         help="lecture: the lecture's settings; " + "; ".join(
-                            f"{name}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r.items())
+                            f"{name}: " + " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                                                   for k, v in r.items())
                             for name, r in recipes.items()))
     parser.set_defaults(recipes=recipes)
     parser.add_argument("--seed", type=int, default=d["seed"])
