@@ -2,16 +2,16 @@
 
     python benchmarks/recipes.py                                  # ten sets, seeds 0 1 2
     python benchmarks/recipes.py --sets spiral,moons --seeds 0    # a subset
-    python benchmarks/recipes.py --keep --import-log runs/recipes/lecture.txt --markdown T.md --plot P.png
-                                  # the runs already in the JSON, the lecture's earlier ones untimed
+    python benchmarks/recipes.py --report --import-log runs/recipes/lecture.txt --markdown T.md --plot P.png
+                                  # no runs: the JSON's, and the lecture's earlier ones untimed
 
 Each run is `demos/toy2d.py` in a fresh process, as a user runs it, with 5000 generated points;
 the two configurations alternate (lecture, fast, lecture, ...) so that a drift of the machine
 touches both. Reported per set: distance / floor (sliced Wasserstein-1 in 2-D, exact W1 in 1-D,
 5000 generated points against 5000 fresh ones; see numpy_ddpm/metrics.py), median over the
-seeds, and the median wall time of a run (training and sampling, from the demo's own clock,
-and the whole process). Writes a markdown table, a JSON record and a plot of quality against
-wall time. Time nothing else on the machine meanwhile.
+seeds, and the median time of a run (training and sampling, by the demo's own clock; the JSON
+also keeps the whole process's). Writes a markdown table, a JSON record and a plot of quality
+against time. Time nothing else on the machine meanwhile.
 """
 
 import argparse
@@ -68,23 +68,29 @@ def import_log(path, runs):
     return imported
 
 
+def seconds(run):
+    """Training + sampling seconds of a run, by the demo's own clock (None: not timed)."""
+    return None if run["train"] is None else run["train"] + run["sample"]
+
+
+def median_seconds(runs):
+    """(median seconds over the timed ones of `runs`, or nan, how many were timed)."""
+    times = [t for t in map(seconds, runs) if t is not None]
+    return (statistics.median(times) if times else float("nan")), len(times)
+
+
 def summary(runs):
-    """{(set, config): (median ratio, median wall, median train + sample)}"""
+    """{(set, config): (median distance / floor, median seconds or nan)}"""
     table = {}
     for key in sorted({(r["set"], r["config"]) for r in runs}):
         chosen = [r for r in runs if (r["set"], r["config"]) == key]
-        inner = [r["train"] + r["sample"] for r in chosen if r["train"] is not None]
-        walls = [r["wall"] for r in chosen if r["wall"] is not None]
-        table[key] = (statistics.median(r["ratio"] for r in chosen),
-                      statistics.median(walls) if walls else float("nan"),
-                      statistics.median(inner) if inner else float("nan"))
+        table[key] = (statistics.median(r["ratio"] for r in chosen), median_seconds(chosen)[0])
     return table
 
 
 def overall_time(runs, config):
-    """(median training + sampling seconds over the timed runs of `config`, how many)."""
-    times = [r["train"] + r["sample"] for r in runs if r["config"] == config and r["train"] is not None]
-    return (statistics.median(times) if times else float("nan")), len(times)
+    """(median seconds over the timed runs of `config`, how many)."""
+    return median_seconds([r for r in runs if r["config"] == config])
 
 
 def markdown(runs, table, sets, seeds):
@@ -93,10 +99,10 @@ def markdown(runs, table, sets, seeds):
 
     def ratios(name, config):
         values = [r["ratio"] for r in sorted(runs, key=lambda r: r["seed"]) if (r["set"], r["config"]) == (name, config)]
-        return f"{', '.join(f'{v:.2f}' for v in values)} (**{statistics.median(values):.2f}**)"
+        return f"{', '.join(f'{v:.2f}' for v in values)} (**{table[name, config][0]:.2f}**)"
 
-    def seconds(name, config):
-        value = table[name, config][2]
+    def time_of(name, config):
+        value = table[name, config][1]
         return "" if value != value else f"{value:.1f}"          # nan: not timed
 
     lines = [f"distance / floor with 5000 generated points for seeds {', '.join(map(str, seeds))} "
@@ -109,7 +115,7 @@ def markdown(runs, table, sets, seeds):
             continue
         good = "yes" if table[name, "fast"][0] <= table[name, "lecture"][0] else "no"
         lines.append(f"| {name} | {ratios(name, 'lecture')} | {ratios(name, 'fast')} | {good} | "
-                     f"{seconds(name, 'lecture')} | {seconds(name, 'fast')} |")
+                     f"{time_of(name, 'lecture')} | {time_of(name, 'fast')} |")
     lines += ["", f"Median training + sampling time: lecture {lecture_s:.1f} s ({nl} runs), fast {fast_s:.1f} s "
                   f"({nf} runs): **{lecture_s / fast_s:.1f}x**."]
     return "\n".join(lines) + "\n"
@@ -122,7 +128,7 @@ def plot(runs, table, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for config, marker in (("lecture", "o"), ("fast", "s")):
         overall = overall_time(runs, config)[0]           # for a set whose runs were not timed
-        points = [(value[2] if value[2] == value[2] else overall, value[0], name)
+        points = [(value[1] if value[1] == value[1] else overall, value[0], name)
                   for (name, c), value in table.items() if c == config]
         ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=config)
         for x, y, name in points:
@@ -148,19 +154,20 @@ def main():
     parser.add_argument("--markdown", help="write the table to this file")
     parser.add_argument("--plot", help="write the quality-against-time plot to this PNG")
     parser.add_argument("--keep", action="store_true", help="reuse the runs already in --json")
+    parser.add_argument("--report", action="store_true", help="run nothing: tabulate the runs in --json (implies --keep)")
     parser.add_argument("--import-log", metavar="FILE",
                         help="add the quality of earlier lecture runs, untimed, from lines 'SET SEED distance / floor = R ...' "
                              "(for the sets and seeds the JSON lacks; checked against those it has)")
     args = parser.parse_args()
     sets, seeds, configs = args.sets.split(","), [int(s) for s in args.seeds.split(",")], args.configs.split(",")
     runs = []
-    if args.keep and os.path.exists(args.json):
+    if (args.keep or args.report) and os.path.exists(args.json):
         with open(args.json) as file:
             runs = json.load(file)["runs"]
     if args.import_log:
         runs += import_log(args.import_log, runs)
     done = {(r["set"], r["seed"], r["config"]) for r in runs}
-    for seed in seeds:
+    for seed in [] if args.report else seeds:
         for name in sets:
             for config in configs:
                 if (name, seed, config) in done:

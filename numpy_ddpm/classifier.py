@@ -173,16 +173,17 @@ def fit(model, images, labels, nb_epochs, batch_size, learning_rate, seed, lr_sc
             order = rng.permutation(len(images))
             total = 0
             for n0 in range(0, len(images), batch_size):
-                batch = order[n0:n0 + batch_size]
+                batch = order[n0:n0 + batch_size]                              # host indices
+                rows = backend.asarray(batch)
                 if augment:
                     moved = random_similarity(images[batch, 0], rng, shift, scale, rotation)
                     x_batch = backend.asarray(moved.reshape(len(batch), -1), dtype=dtype)   # (B, H*W)
                 else:
-                    x_batch = x[backend.asarray(batch)]
+                    x_batch = x[rows]
                 step += 1
                 optimiser.lr = learning_rate_at(step, learning_rate, lr_schedule, total_steps=total_steps)
                 model.zero_grad()
-                total = total + loss_fn.forward(model.forward(x_batch), y[backend.asarray(batch)]) * len(batch)
+                total = total + loss_fn.forward(model.forward(x_batch), y[rows]) * len(batch)
                 model.backward(loss_fn.backward())
                 optimiser.step()
             losses.append(float(total) / len(images))                  # one device sync per epoch
