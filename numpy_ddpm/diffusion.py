@@ -35,7 +35,18 @@ def loss_and_backward(model, x0, t, eps, schedule, labels=None):
     return loss
 
 
-def train_step(model, optimizer, x0, schedule, rng, ema=None, labels=None, cond_drop=0.1, comm=SINGLE):
+def draw_timesteps(rng, T, n, power=1.0):
+    """n step indices for Algorithm 1. power = 1: t ~ Uniform({0, ..., T-1}), the lecture's.
+    power P > 1: t = floor(T u^P), u ~ U[0, 1), which draws small t (little noise: fine detail)
+    more often, P(t < k) = (k / T)^(1/P), a density falling like t^(1/P - 1). Each step's loss
+    is then weighted by T p(t) rather than 1: another weighting of the same objective's terms."""
+    if power == 1:
+        return rng.integers(0, T, size=n)
+    return (T * rng.random(n) ** power).astype(backend.xp.int64)
+
+
+def train_step(model, optimizer, x0, schedule, rng, ema=None, labels=None, cond_drop=0.1, comm=SINGLE,
+               t_power=1.0):
     """Algorithm 1, one iteration on a batch x0 (standardised), with Adam (and the EMA).
 
     With labels y (N,) (a conditional model), each is replaced by the "no label" class K with
@@ -45,10 +56,11 @@ def train_step(model, optimizer, x0, schedule, rng, ema=None, labels=None, cond_
 
     `comm` (distributed.py) gives this rank its slice of the batch and sums the gradients over
     the ranks; the loss returned is then this rank's share of the batch's mean loss.
+    `t_power` > 1 draws small t more often (draw_timesteps); 1 is the lecture's uniform t.
     """
     # 2: x0 ~ q(x0): the batch
     # 3: t ~ Uniform({1, ..., T}), as indices 0..T-1
-    t = rng.integers(0, schedule.T, size=x0.shape[0])
+    t = draw_timesteps(rng, schedule.T, x0.shape[0], t_power)
     # 4: eps ~ N(0, I)
     eps = rng.standard_normal(x0.shape, dtype=x0.dtype)
     if labels is not None:

@@ -33,11 +33,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     meta = {**meta, "mean": mean, "std": std}
     schedule = Schedule()
     cli.check_sampling(args, schedule.T)
-    config = TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
-                         reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads,
-                         cond_drop=args.cond_drop, lr_schedule=args.lr_schedule,
-                         warmup_steps=args.warmup_steps, ema_warmup=args.ema_warmup)
+    config = train_config(args, blas_threads)
     steps = args.nb_epochs * math.ceil(len(x_host) / args.batch_size)
     if comm.rank == 0 and not args.ema_warmup and steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
         print(f"warning: an EMA decay of {args.ema_decay} averages over about {1 / (1 - args.ema_decay):.0f} "
@@ -77,6 +73,15 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     if trainer.losses:
         plots.loss_curve(trainer.losses, os.path.join(args.out, "loss.png"))
     return generated, trainer, frames
+
+
+def train_config(args, blas_threads=None):
+    """The TrainConfig of the demo flags `args`."""
+    return TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
+                       learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
+                       reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads,
+                       cond_drop=args.cond_drop, lr_schedule=args.lr_schedule,
+                       warmup_steps=args.warmup_steps, ema_warmup=args.ema_warmup, t_power=args.t_power)
 
 
 def draw(args, model, schedule, shape, rng, labels=None, guidance=1.0, progress=None, callback=None):

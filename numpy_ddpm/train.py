@@ -9,7 +9,7 @@ import signal
 from tqdm.auto import tqdm
 
 from . import backend, checkpoint
-from .diffusion import train_step
+from .diffusion import draw_timesteps, train_step
 from .distributed import SINGLE
 from .optim import EMA, LR_SCHEDULES, Adam, ema_decay, learning_rate
 
@@ -36,6 +36,7 @@ class TrainConfig:
     log_every: int = 100                  # read the loss every that many steps (a device sync)
     blas_threads: int | None = None       # CPU BLAS threads while training (None: the default)
     cond_drop: float = 0.1                # conditional models: probability of "no label" (guidance)
+    t_power: float = 1.0                  # time steps t = floor(T u^t_power): 1 uniform (diffusion.draw_timesteps)
 
     def check(self):
         if self.nb_epochs < 0:
@@ -53,6 +54,8 @@ class TrainConfig:
             raise ConfigError(f"the warm-up must be 0 steps or more, not {self.warmup_steps}")
         if not 0 <= self.cond_drop <= 1:
             raise ConfigError(f"the label drop probability must be in [0, 1], not {self.cond_drop}")
+        if not self.t_power > 0:
+            raise ConfigError(f"the time-step power must be positive, not {self.t_power}")
 
 
 class Trainer:
@@ -93,9 +96,10 @@ class Trainer:
                 f"{path} holds a different model ({meta.get('model')}), not {self.meta.get('model')}")
         if arrays["params"].shape != self.model.flat_params.shape:
             raise checkpoint.CheckpointError(f"{path} does not match this model's parameter count")
-        # the step count maps to (epoch, batch) through the batch size and seed, and to the
-        # learning rate and EMA decay through their schedules (and, when it decays, the length)
-        settings = ["batch_size", "seed", "lr_schedule", "warmup_steps", "ema_warmup"]
+        # the step count maps to (epoch, batch) through the batch size and seed, to the
+        # learning rate and EMA decay through their schedules (and, when it decays, the length),
+        # and the generator's state to the draws of t through t_power
+        settings = ["batch_size", "seed", "lr_schedule", "warmup_steps", "ema_warmup", "t_power"]
         if self.config.lr_schedule != "constant":
             settings.append("nb_epochs")
         for setting in settings:
@@ -147,7 +151,7 @@ class Trainer:
             if config.reset_adam_each_epoch and offset == 0:
                 self.optimizer.reset()
             for _ in range(offset):            # resuming mid-epoch: replay the draws made
-                _skip_draws(rng, x_train, config.batch_size, self.schedule, labels is not None)
+                _skip_draws(rng, x_train, config.batch_size, self.schedule, labels is not None, config.t_power)
             for k in range(offset, steps_per_epoch):
                 rows = order[k * config.batch_size:(k + 1) * config.batch_size]
                 x0, y = x_train[rows], None if labels is None else labels[rows]
@@ -155,7 +159,7 @@ class Trainer:
                                                   config.warmup_steps, config.nb_epochs * steps_per_epoch)
                 self.ema.decay = ema_decay(self.step + 1, config.ema_decay, config.ema_warmup)
                 loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema,
-                                  labels=y, cond_drop=config.cond_drop, comm=self.comm)
+                                  labels=y, cond_drop=config.cond_drop, comm=self.comm, t_power=config.t_power)
                 running, count = running + loss, count + 1
                 self.step += 1
                 bar.update(1)
@@ -191,9 +195,9 @@ class Trainer:
         self.ema.copy_to_model()
 
 
-def _skip_draws(rng, x_train, batch_size, schedule, conditional=False):
+def _skip_draws(rng, x_train, batch_size, schedule, conditional=False, t_power=1.0):
     """The draws of one train_step: t, eps and, for a conditional model, the label drops."""
-    rng.integers(0, schedule.T, size=batch_size)
+    draw_timesteps(rng, schedule.T, batch_size, t_power)
     rng.standard_normal((batch_size,) + x_train.shape[1:], dtype=x_train.dtype)
     if conditional:
         rng.random(batch_size)

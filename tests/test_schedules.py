@@ -1,4 +1,4 @@
-"""The learning-rate and EMA schedules against their formulas, and in the training loop."""
+"""The learning-rate, EMA and time-step schedules against their formulas, and in the training loop."""
 
 import math
 
@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend, data
+from numpy_ddpm.checkpoint import CheckpointError
+from numpy_ddpm.diffusion import draw_timesteps
 from numpy_ddpm.models import mlp
 from numpy_ddpm.optim import ema_decay, learning_rate
 from numpy_ddpm.schedule import Schedule
@@ -66,12 +68,31 @@ def test_trainer_applies_both_schedules_step_by_step():
     assert seen == expected
 
 
-def test_a_scheduled_run_resumes_exactly(tmp_path):
+def test_uniform_time_steps_are_the_lectures_draws():
+    t = to_np(draw_timesteps(backend.default_rng(5), 1000, 64))
+    np.testing.assert_array_equal(t, to_np(backend.default_rng(5).integers(0, 1000, size=64)))
+
+
+@pytest.mark.parametrize("power", [0.5, 2.0, 3.0])
+def test_time_step_power_follows_its_distribution(power):
+    """P(t < k) = (k / T)^(1 / power), within 5 binomial standard errors at each k."""
+    T, n = 1000, 200_000
+    t = to_np(draw_timesteps(backend.default_rng(0), T, n, power))
+    assert t.dtype.kind == "i" and t.min() >= 0 and t.max() <= T - 1
+    for k in (1, 10, 100, 250, 500, 900):
+        p = (k / T) ** (1 / power)
+        assert abs((t < k).mean() - p) < 5 * math.sqrt(p * (1 - p) / n), k
+    with pytest.raises(ConfigError, match="time-step power"):
+        TrainConfig(t_power=0).check()
+
+
+@pytest.mark.parametrize("t_power", [1.0, 2.0])
+def test_a_scheduled_run_resumes_exactly(tmp_path, t_power):
     x = backend.asarray(data.standardise(data.toy("spiral", 95, seed=3))[0])
 
-    def make():
+    def make(t_power=t_power):
         config = TrainConfig(nb_epochs=3, batch_size=10, lr_schedule="linear", warmup_steps=5,
-                             ema_decay=0.999, ema_warmup=True)
+                             ema_decay=0.999, ema_warmup=True, t_power=t_power)
         return Trainer(mlp(2, hidden=16, seed=2), Schedule(), config, meta={"model": "m"})
     full = make()
     full.fit(x, progress=False)
@@ -82,6 +103,8 @@ def test_a_scheduled_run_resumes_exactly(tmp_path):
     resumed.fit(x, progress=False)
     np.testing.assert_array_equal(to_np(resumed.model.flat_params), to_np(full.model.flat_params))
     np.testing.assert_array_equal(to_np(resumed.ema.averages[0]), to_np(full.ema.averages[0]))
+    with pytest.raises(CheckpointError, match="t power"):     # its draws would not be the run's
+        make(t_power + 1).load(str(tmp_path / "c.npz"))
 
 
 def test_recipe_sets_what_was_not_given_explicitly():
