@@ -25,21 +25,28 @@ from numpy_ddpm.models import mlp  # noqa: E402
 
 
 # --recipe fast: a 128-wide MLP (a quarter of the lecture's multiply-adds per point) trained on
-# 4900 batches of 512 (the lecture: 100,000 of 25) with a learning rate of 1e-2 after 100 warm-up
-# steps and a cosine decay, an EMA that ramps up with the step count, then 100 DDIM steps at
-# eta 0.5; chosen by benchmarks/recipes.py and the sweeps listed in benchmarks/README.md
+# 4410 batches of 512 (the lecture: 100,000 of 25) with a learning rate of 1e-2 after 100 warm-up
+# steps and a cosine decay, an EMA that ramps up with the step count, time steps drawn as
+# floor(T u^2) (small t more often), then 200 DDIM steps at eta 0.7; chosen by
+# benchmarks/recipes.py, recipe_noise.py and the sweeps listed in benchmarks/README.md
 FAST = dict(hidden=128, batch_size=512, learning_rate=1e-2, lr_schedule="cosine", warmup_steps=100,
-            ema_decay=0.999, ema_warmup=True, nb_epochs=100, sampler="ddim", sampling_steps=100, eta=0.5)
+            ema_decay=0.999, ema_warmup=True, t_power=2.0, nb_epochs=90, sampler="ddim", sampling_steps=200,
+            eta=0.7)
 
 
-def main():
+def parser():
+    """The demo's flags (benchmarks/recipe_noise.py reads a run's settings through it too)."""
     parser = cli.common_parser(__doc__.splitlines()[0], out="runs/toy2d", recipes={"fast": FAST})
     parser.add_argument("--data", default="spiral", help=f"one of: {', '.join(data.TOY)}")
     parser.add_argument("--hidden", type=int, default=256, help="width of the MLP's hidden layers")
     parser.add_argument("--label", type=int, default=None, help="with --conditional: draw only this class")
     parser.add_argument("--no-bound", action="store_true",
                         help="skip the variational bound (all T terms over 2000 fresh points) and bound.png")
-    args = cli.parse(parser)
+    return parser
+
+
+def main():
+    args = cli.parse(parser())
     data.require(args.data, data.TOY)
     if args.conditional:
         data.require_classes(args.data)

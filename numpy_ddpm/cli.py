@@ -40,7 +40,8 @@ def common_parser(description, recipes=None, **defaults):
     parser.add_argument("--ema-warmup", action="store_true",
                         help="EMA decay min(--ema-decay, (1 + k) / (10 + k)) at step k: short runs forget their init")
     parser.add_argument("--t-power", type=float, default=1.0,
-                        help="training time steps t = floor(T u^P): 1 uniform (the lecture's), above 1 small t more often")
+                        help="training time steps t = floor(T u^P): 1 uniform (the lecture's), "
+                             "above 1 small t more often")
     recipes = recipes or {}
     parser.add_argument("--recipe", choices=["lecture"] + list(recipes), default="lecture",
                         help="lecture: the lecture's settings; " + "; ".join(

@@ -1,4 +1,5 @@
-"""benchmarks/bench.py --quick runs and prints its table (a smoke test: no timing is asserted)."""
+"""The benchmark scripts: bench.py --quick runs and prints its table (a smoke test: no timing is
+asserted); recipes.py and recipe_noise.py tabulate, redraw and judge what they should."""
 
 import json
 import os
@@ -40,3 +41,42 @@ def test_recipes_table_imports_untimed_runs_and_checks_them(tmp_path, capsys):
     assert "| spiral | 1.70, 1.44 (**1.57**) | 1.50, 1.60 (**1.55**) | yes | 101.0 | 10.0 |" in text
     assert "| moons | 0.80 (**0.80**) | 0.90 (**0.90**) | no |  | 10.0 |" in text
     assert "lecture 101.0 s (1 runs), fast 10.0 s (3 runs): **10.1x**" in text
+
+
+def noise_module():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import recipe_noise
+    finally:
+        sys.path.pop(0)
+    return recipe_noise
+
+
+def test_recipe_noise_redraws_a_runs_samples(tmp_path):
+    """The fast recipe's flags reach the checkpoint, and recipe_noise's first draw from it
+    reproduces the demo's own score; its other draws use other noise."""
+    from numpy_ddpm import checkpoint, cli
+    noise = noise_module()
+    flags = ["--data", "moons", "--seed", "1", "--recipe", "fast", "--nb-samples", "600", "--nb-epochs", "2"]
+    out = str(tmp_path / "run")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "demos", "toy2d.py"), *flags, "--nb-generated",
+                             str(noise.N), "--no-bound", "--no-window", "--no-progress", "--out", out],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    config = checkpoint.load(os.path.join(out, "checkpoint.npz"))[1]["config"]
+    fast = noise.toy2d_demo().FAST
+    assert config["nb_epochs"] == 2 and config["t_power"] == fast["t_power"] == 2.0
+    assert config["batch_size"] == fast["batch_size"] and config["lr_schedule"] == fast["lr_schedule"]
+    printed = float(result.stdout.split("distance / floor = ")[1].split()[0])
+    scores = noise.model_scores(out, cli.parse(noise.toy2d_demo().parser(), flags), 2)
+    assert round(scores[0], 2) == printed and scores[1] != scores[0]
+
+
+def test_recipe_noise_verdict_and_perfect_sampler():
+    noise = noise_module()
+    low, high = [1.0, 1.1, 0.9, 1.0], [2.0, 2.1, 1.9, 2.0]
+    assert noise.verdict(low, high).startswith("fast worse (+1.00")
+    assert noise.verdict(high, low).startswith("fast better (-1.00")
+    assert noise.verdict(low, [0.8, 1.3, 1.0, 1.1]).startswith("same")
+    scores = noise.perfect_sampler("moons", nb_draws=5)
+    assert len(set(scores)) == 5 and 0.3 < sorted(scores)[2] < 3          # fresh data scores near its floor
