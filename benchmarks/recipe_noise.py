@@ -24,7 +24,6 @@ The verdict compares the two configurations' means over all seeds and draws, wit
 standard error of the difference from the spread of the draws.
 """
 
-import argparse
 import importlib.util
 import json
 import math
@@ -38,7 +37,7 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 
-from recipes import CONFIGS, SETS  # noqa: E402
+from recipes import CONFIGS, selection_parser  # noqa: E402
 from numpy_ddpm import backend, cli, data, metrics  # noqa: E402
 from numpy_ddpm.experiment import draw, train_config  # noqa: E402
 from numpy_ddpm.models import mlp  # noqa: E402
@@ -157,10 +156,7 @@ def plot(record, sets, configs, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--configs", default="lecture,fast")
+    parser = selection_parser(__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=4, help="draws of 5000 points per trained model")
     parser.add_argument("--runs", default=os.path.join(ROOT, "runs", "recipes"), help="recipes.py's --out")
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "recipe_noise.json"))

@@ -143,11 +143,17 @@ def plot(runs, table, path):
     fig.savefig(path, dpi=120)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def selection_parser(description):
+    """A parser with the runs to take: --sets, --seeds and --configs (recipe_noise.py's too)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--configs", default="lecture,fast")
+    return parser
+
+
+def main():
+    parser = selection_parser(__doc__.splitlines()[0])
     parser.add_argument("--nb-generated", type=int, default=5000)
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "recipes"))
     parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "recipes.json"))
