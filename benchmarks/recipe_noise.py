@@ -20,8 +20,9 @@ Two things move that number besides the model:
   own sampler: the demo's draw (which must reproduce recipes.json's score) and others from
   other noise seeds. Their mean is the model's expected score.
 
-The verdict compares the two configurations' means over all seeds and draws, with the
-standard error of the difference from the spread of the draws.
+The verdict compares the two configurations' expected scores (the mean over their seeds of
+each model's mean), with the standard error of the difference from the spread of the seeds'
+means: the seed is the unit, since the draws of one model share its errors.
 """
 
 import importlib.util
@@ -83,7 +84,8 @@ def model_scores(run_dir, args, nb_draws):
 
 
 def verdict(lecture, fast):
-    """'fast better', 'fast worse' (the means differ by more than 2 standard errors) or 'same'."""
+    """'fast better', 'fast worse' (the means differ by more than 2 standard errors) or 'same',
+    from the mean scores of each configuration's models (one per seed)."""
     difference = statistics.mean(fast) - statistics.mean(lecture)
     error = math.sqrt(statistics.variance(fast) / len(fast) + statistics.variance(lecture) / len(lecture))
     if abs(difference) <= 2 * error:
@@ -91,21 +93,23 @@ def verdict(lecture, fast):
     return f"fast {'better' if difference < 0 else 'worse'} ({difference:+.2f} ± {error:.2f})"
 
 
+def seed_means(record, name, config):
+    """Each seed's model's mean score on set `name`, by seed."""
+    runs = sorted((r for r in record["models"] if (r["set"], r["config"]) == (name, config)), key=lambda r: r["seed"])
+    return [statistics.mean(r["scores"]) for r in runs]
+
+
 def markdown(record, sets, configs):
     def models(name, config):
-        runs = [r for r in record["models"] if (r["set"], r["config"]) == (name, config)]
-        if not runs:
-            return "", []
-        means = ", ".join(f"{statistics.mean(r['scores']):.2f}" for r in sorted(runs, key=lambda r: r["seed"]))
-        everything = [s for r in runs for s in r["scores"]]
-        return f"{means} (**{statistics.mean(everything):.2f}**)", everything
+        means = seed_means(record, name, config)
+        return (f"{', '.join(f'{m:.2f}' for m in means)} (**{statistics.mean(means):.2f}**)" if means else ""), means
 
     counts = {config: sorted({len(r["scores"]) for r in record["models"] if r["config"] == config}) for config in configs}
     draws = ", ".join(f"{config} {'/'.join(map(str, counts[config]))}" for config in configs)
     lines = ["Perfect sampler: fresh draws of the data scored like a model's samples, median and 5-95% of "
              "one draw, and 5-95% of a median of 3. Models: the mean score of each seed's model over its "
-             f"draws of {N} points ({draws} draws), the mean of all in bold; verdict: the difference of "
-             "the means, ± one standard error.", "",
+             f"draws of {N} points ({draws} draws), their mean in bold; verdict: the difference of the "
+             "means, ± one standard error from the seeds' spread.", "",
              "| set | perfect sampler: one draw | median of 3 | "
              + " | ".join(f"{c}: mean per seed" for c in configs) + " | verdict |",
              "| --- | --- | --- | " + "--- | " * len(configs) + "--- |"]
@@ -123,8 +127,8 @@ def markdown(record, sets, configs):
 
 
 def plot(record, sets, configs, path):
-    """Per set: each configuration's expected score (the mean over its seeds and draws) with a bar
-    of two standard errors, over the perfect sampler's 5-95% range of one draw and its median."""
+    """Per set: each configuration's expected score (the mean of its seeds' mean scores) with a
+    bar of two standard errors, over the perfect sampler's 5-95% range of one draw and its median."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,10 +142,10 @@ def plot(record, sets, configs, path):
     for k, (config, marker) in enumerate(zip(configs, "os^")):
         points = []
         for i, name in enumerate(sets):
-            scores = [s for r in record["models"] if (r["set"], r["config"]) == (name, config) for s in r["scores"]]
-            if len(scores) > 1:
-                points.append((i + 0.15 * (2 * k - 1), statistics.mean(scores),
-                               2 * statistics.stdev(scores) / math.sqrt(len(scores))))
+            means = seed_means(record, name, config)
+            if len(means) > 1:
+                points.append((i + 0.15 * (2 * k - 1), statistics.mean(means),
+                               2 * statistics.stdev(means) / math.sqrt(len(means))))
         if points:
             x, y, error = zip(*points)
             ax.errorbar(x, y, yerr=error, fmt=marker, capsize=3, label=f"{config}: mean score ± 2 s.e.")
