@@ -37,9 +37,10 @@ def loss_and_backward(model, x0, t, eps, schedule, labels=None):
 
 def draw_timesteps(rng, T, n, power=1.0):
     """n step indices for Algorithm 1. power = 1: t ~ Uniform({0, ..., T-1}), the lecture's.
-    power P > 1: t = floor(T u^P), u ~ U[0, 1), which draws small t (little noise: fine detail)
-    more often, P(t < k) = (k / T)^(1/P), a density falling like t^(1/P - 1). Each step's loss
-    is then weighted by T p(t) rather than 1: another weighting of the same objective's terms."""
+    Otherwise t = floor(T u^P), u ~ U[0, 1): P(t < k) = (k / T)^(1/P), a density like
+    t^(1/P - 1), so P > 1 draws small t (little noise: fine detail) more often, P < 1 large t.
+    Each step's loss is then weighted by T p(t) rather than 1: another weighting of the same
+    objective's terms."""
     if power == 1:
         return rng.integers(0, T, size=n)
     return (T * rng.random(n) ** power).astype(backend.xp.int64)
