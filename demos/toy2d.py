@@ -65,8 +65,9 @@ def main():
             else np.arange(args.nb_generated) % K
     model = mlp(x.shape[1], hidden=args.hidden, seed=args.seed, nb_classes=K if args.conditional else None)
     meta = {"model": description, "data": args.data}
-    # the MLP's small matrix products run faster on one BLAS thread than split over two
-    threads = 1 if args.batch_size <= 256 else None
+    # the MLP's small matrix products run faster on one BLAS thread than split over two; larger
+    # batches take whichever is faster while training (two idle, one beside a busy program)
+    threads = 1 if args.batch_size <= 256 else "auto"
     generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads=threads,
                                                   labels=labels if args.conditional else None,
                                                   sample_labels=sample_labels)

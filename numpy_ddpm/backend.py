@@ -15,6 +15,8 @@ reference itself, so the math always lives in numpy_ddpm/ and CUDA source never 
 """
 
 import contextlib
+import statistics
+import time
 
 import numpy
 
@@ -82,6 +84,59 @@ def blas_threads(count):
     from threadpoolctl import threadpool_limits
     with threadpool_limits(limits=count, user_api="blas"):
         yield
+
+
+class BlasTuner:
+    """For a loop of like steps on the CPU: keeps the BLAS on whichever is faster now, one thread
+    or its default count. Every `every` steps, `probe` steps run on one thread and `probe` on
+    the default, each timed, and the faster by the median runs until the next probe.
+
+        tuner = BlasTuner()
+        for ...:
+            with tuner.step():
+                ...one step...
+        tuner.close()       # the default count again
+
+    Why: with another busy program on a 2-core machine, OpenBLAS's two threads wait for each
+    other. toy2d.py --recipe fast trained in 5.7-7.0 s on two threads and 7.1-7.6 s on one on the
+    idle machine, and in 18-26 s on two, 7.3-7.9 s on one, beside a busy process. OpenBLAS
+    splits a product by rows and columns, never its sums, so the thread count leaves every result
+    bitwise the same (tests/test_backend.py). On cupy it does nothing.
+    """
+
+    def __init__(self, probe=20, every=500, clock=time.perf_counter):
+        self.probe, self.every, self.clock = probe, every, clock
+        self.count, self.best, self.threads = 0, None, None
+        self.times = {1: [], None: []}          # seconds per step on one thread, on the default
+        self.limiter = None
+        if name == "numpy":
+            from threadpoolctl import ThreadpoolController
+            self.controller = ThreadpoolController().select(user_api="blas")
+
+    def _use(self, threads):
+        if threads == self.threads or name != "numpy":
+            return
+        if self.limiter is not None:
+            self.limiter.restore_original_limits()
+        self.limiter = None if threads is None else self.controller.limit(limits=threads)
+        self.threads = threads
+
+    @contextlib.contextmanager
+    def step(self):
+        phase = self.count % self.every
+        probing = phase < 2 * self.probe
+        self._use((1 if phase < self.probe else None) if probing else self.best)
+        start = self.clock()
+        yield
+        if probing:
+            self.times[self.threads].append(self.clock() - start)
+            if phase == 2 * self.probe - 1:
+                self.best = min(self.times, key=lambda k: statistics.median(self.times[k]))
+                self.times = {1: [], None: []}
+        self.count += 1
+
+    def close(self):
+        self._use(None)
 
 
 def reuse_freed_memory():

@@ -1,6 +1,7 @@
 """The training loop: epochs of Algorithm 1 over a shuffled data set, with Adam, the EMA of the
 weights, a progress bar, a loss log and checkpoints that resume a run exactly."""
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -34,7 +35,7 @@ class TrainConfig:
     warmup_steps: int = 0                 # linear learning-rate warm-up from 0
     ema_warmup: bool = False              # EMA decay min(ema_decay, (1 + k) / (10 + k)) at step k
     log_every: int = 100                  # read the loss every that many steps (a device sync)
-    blas_threads: int | None = None       # CPU BLAS threads while training (None: the default)
+    blas_threads: int | str | None = None  # CPU BLAS threads while training: None the default, "auto" backend.BlasTuner
     cond_drop: float = 0.1                # conditional models: probability of "no label" (guidance)
     t_power: float = 1.0                  # time steps t = floor(T u^t_power): 1 uniform (diffusion.draw_timesteps)
 
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ConfigError(f"the warm-up must be 0 steps or more, not {self.warmup_steps}")
         if not 0 <= self.cond_drop <= 1:
             raise ConfigError(f"the label drop probability must be in [0, 1], not {self.cond_drop}")
+        if not (self.blas_threads in (None, "auto") or isinstance(self.blas_threads, int) and self.blas_threads >= 1):
+            raise ConfigError(f"BLAS threads must be None, 'auto' or a count of 1 or more, not {self.blas_threads!r}")
         if not self.t_power > 0:
             raise ConfigError(f"the time-step power must be positive, not {self.t_power}")
 
@@ -133,15 +136,19 @@ class Trainer:
         previous_handler = _catch_sigint(interrupted)
         bar = tqdm(total=total, initial=min(self.step, total), disable=not progress or self.comm.rank != 0,
                    desc="training", unit="step", dynamic_ncols=True)
+        tuner = backend.BlasTuner() if self.config.blas_threads == "auto" else None
         try:
-            with backend.blas_threads(self.config.blas_threads):
-                self._run(x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path)
+            with backend.blas_threads(None if tuner else self.config.blas_threads):
+                self._run(x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path,
+                          tuner.step if tuner else contextlib.nullcontext)
         finally:
+            if tuner:
+                tuner.close()
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
         return self.losses
 
-    def _run(self, x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path):
+    def _run(self, x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path, timed):
         config, N = self.config, x_train.shape[0]
         running, count = 0.0, 0
         while self.step < total:
@@ -158,8 +165,9 @@ class Trainer:
                 self.optimizer.lr = learning_rate(self.step + 1, config.learning_rate, config.lr_schedule,
                                                   config.warmup_steps, config.nb_epochs * steps_per_epoch)
                 self.ema.decay = ema_decay(self.step + 1, config.ema_decay, config.ema_warmup)
-                loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema,
-                                  labels=y, cond_drop=config.cond_drop, comm=self.comm, t_power=config.t_power)
+                with timed():                                   # the BLAS tuner's clock, or nothing
+                    loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema,
+                                      labels=y, cond_drop=config.cond_drop, comm=self.comm, t_power=config.t_power)
                 running, count = running + loss, count + 1
                 self.step += 1
                 bar.update(1)

@@ -97,3 +97,55 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
             pytest.skip("not glibc: no mallopt")
         faults[reuse] = float(per_step)
     assert faults[True] < 0.2 * faults[False], faults
+
+
+def blas_count():
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController().select(user_api="blas").lib_controllers[0].num_threads
+
+
+def test_blas_tuner_keeps_the_faster_thread_count_and_probes_again():
+    """A fake clock makes one thread cheaper, then the default: the tuner follows, probing two
+    steps of each every ten, and leaves the default count behind it."""
+    default = blas_count()
+    if default == 1:
+        pytest.skip("one BLAS thread by default: nothing to choose between")
+    one_is_cheaper = [True]
+    state = {"now": 0.0}
+
+    def clock():          # each call advances by half the cost of a step on the current count
+        cheap = (blas_count() == 1) == one_is_cheaper[0]
+        state["now"] += 0.5 if cheap else 1.0
+        return state["now"]
+    tuner = backend.BlasTuner(probe=2, every=10, clock=clock)
+    seen = []
+    for step in range(20):
+        if step == 10:
+            one_is_cheaper[0] = False
+        with tuner.step():
+            seen.append(blas_count())
+    assert seen[:4] == [1, 1, default, default] and set(seen[4:10]) == {1}
+    assert seen[10:14] == [1, 1, default, default] and set(seen[14:]) == {default}
+    with tuner.step():
+        pass
+    tuner.close()
+    assert blas_count() == default
+
+
+def test_training_with_auto_threads_is_bitwise_the_same():
+    """The tuner switches the thread count mid-run (one thread, then the default); the weights
+    come out bitwise the same as on the default count throughout."""
+    from numpy_ddpm import data
+    from numpy_ddpm.models import mlp
+    from numpy_ddpm.schedule import Schedule
+    from numpy_ddpm.train import ConfigError, TrainConfig, Trainer
+    x = backend.asarray(data.standardise(data.toy("spiral", 512 * 60, seed=0))[0])
+    weights = []
+    for threads in (None, "auto"):
+        trainer = Trainer(mlp(2, hidden=128, seed=0), Schedule(), TrainConfig(nb_epochs=1, batch_size=512,
+                                                                             blas_threads=threads))
+        trainer.fit(x, progress=False)          # 60 steps: 20 on one thread, 20 on the default, 20 on the faster
+        weights.append(backend.to_numpy(trainer.model.flat_params))
+    assert (weights[0] == weights[1]).all()
+    with pytest.raises(ConfigError, match="BLAS threads"):
+        TrainConfig(blas_threads="two").check()
