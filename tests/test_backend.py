@@ -149,3 +149,13 @@ def test_training_with_auto_threads_is_bitwise_the_same():
     assert (weights[0] == weights[1]).all()
     with pytest.raises(ConfigError, match="BLAS threads"):
         TrainConfig(blas_threads="two").check()
+
+
+def test_blas_tuner_does_nothing_on_a_device_backend(monkeypatch):
+    default = blas_count()
+    monkeypatch.setattr(backend, "name", "cupy")
+    tuner = backend.BlasTuner(probe=2, every=5)
+    for _ in range(12):
+        with tuner.step():
+            assert blas_count() == default
+    tuner.close()
