@@ -92,7 +92,7 @@ class BlasTuner:
     the default, each timed, and the faster by the median runs until the next probe.
 
         tuner = BlasTuner()
-        for ...:
+        for ...:                            # or: for ... in tuner.steps(iterable):
             with tuner.step():
                 ...one step...
         tuner.close()       # the default count again
@@ -137,6 +137,12 @@ class BlasTuner:
                 self.best = min(self.times, key=lambda k: statistics.median(self.times[k]))
                 self.times = {1: [], None: []}
         self.count += 1
+
+    def steps(self, iterable):
+        """The items of `iterable`, the work of each (the loop's body) timed as one step."""
+        for item in iterable:
+            with self.step():
+                yield item
 
     def close(self):
         self._use(None)

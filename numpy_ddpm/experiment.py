@@ -26,7 +26,9 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     in the data's own scale;
     frames is [(t, x_t)] when args.trajectory, else []. Under --distributed (args.comm), the
     ranks train together, each draws its share of the samples (its noise seeded by its rank),
-    and rank 0 gathers them, writes and returns; the other ranks exit after the gather."""
+    and rank 0 gathers them, writes and returns; the other ranks exit after the gather.
+    `blas_threads` is training's (TrainConfig); "auto" lets backend.BlasTuner choose the CPU's
+    BLAS threads while sampling too."""
     np = backend.np
     comm = getattr(args, "comm", distributed.SINGLE)
     x_standardised, mean, std = standardise(x_host)
@@ -59,11 +61,18 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
         if args.sampler == "ddim" or t % TRAJECTORY_EVERY == 0 or t in plots.TRAJECTORY_TIMES:
             frames.append((t, backend.to_numpy(x) * std + mean))
 
-    bar = None if args.no_progress or comm.rank != 0 else (lambda steps: tqdm(steps, desc="sampling", unit="step", dynamic_ncols=True))
+    def progress(steps):            # a bar, and with blas_threads="auto" the BLAS tuner, over the steps
+        if not args.no_progress and comm.rank == 0:
+            steps = tqdm(steps, desc="sampling", unit="step", dynamic_ncols=True)
+        return tuner.steps(steps) if tuner else steps
+
+    tuner = backend.BlasTuner(probe=5, every=100) if blas_threads == "auto" else None
     rng = backend.default_rng(args.seed, 1_000_003, *comm.sampling_keys())
     mine = None if sample_labels is None else sample_labels[comm.part(args.nb_generated)]
     x = draw(args, model, schedule, (comm.part_size(args.nb_generated),) + sample_shape, rng, mine,
-             args.guidance, progress=bar, callback=record if args.trajectory else None)
+             args.guidance, progress=progress, callback=record if args.trajectory else None)
+    if tuner:
+        tuner.close()
     generated = comm.gather_rows(backend.to_numpy(x))                          # one transfer back
     frames = [(t, comm.gather_rows(x_t)) for t, x_t in frames]
     comm.done()                                                                # ranks but 0 exit here

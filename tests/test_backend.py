@@ -130,6 +130,10 @@ def test_blas_tuner_keeps_the_faster_thread_count_and_probes_again():
         pass
     tuner.close()
     assert blas_count() == default
+    tuner = backend.BlasTuner(probe=2, every=10)
+    counts = [(item, blas_count()) for item in tuner.steps(range(5))]     # a loop's body timed as a step
+    assert counts[:4] == [(0, 1), (1, 1), (2, default), (3, default)] and counts[4][0] == 4
+    tuner.close()
 
 
 def test_training_with_auto_threads_is_bitwise_the_same():
