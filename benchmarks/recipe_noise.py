@@ -68,16 +68,16 @@ def perfect_sampler(name, nb_draws=300):
 def model_scores(run_dir, args, nb_draws):
     """Scores of `nb_draws` draws of N points from the run's EMA weights: draw 0 with the demo's
     own noise seed, draw k with the seed (seed, 2_000_003, k)."""
-    x = data.toy(args.data, args.nb_samples, seed=args.seed)
-    model = mlp(x.shape[1], hidden=args.hidden, seed=args.seed)
+    dim = data.toy(args.data, 1).shape[1]
+    model = mlp(dim, hidden=args.hidden, seed=args.seed)
     schedule = Schedule()
-    trainer = Trainer(model, schedule, train_config(args), {"model": f"mlp(dim={x.shape[1]}, hidden={args.hidden})"})
+    trainer = Trainer(model, schedule, train_config(args), {"model": f"mlp(dim={dim}, hidden={args.hidden})"})
     saved = trainer.load(os.path.join(run_dir, "checkpoint.npz"))
     trainer.finish()
     scores = []
     for k in range(nb_draws):
         keys = (args.seed, 1_000_003) if k == 0 else (args.seed, 2_000_003, k)
-        generated = backend.to_numpy(draw(args, model, schedule, (N,) + x.shape[1:], backend.default_rng(*keys)))
+        generated = backend.to_numpy(draw(args, model, schedule, (N, dim), backend.default_rng(*keys)))
         distance, floor = metrics.distance_to_data(generated * saved["std"] + saved["mean"], args.data)
         scores.append(distance / floor)
     return scores

@@ -73,17 +73,23 @@ def precision(dtype_name):
 
 
 @contextlib.contextmanager
-def blas_threads(count):
-    """Limit the CPU's BLAS to `count` threads inside the block (None: leave it alone).
+def blas_threads(count, probe=20, every=500):
+    """Limit the CPU's BLAS to `count` threads inside the block (None: leave it alone), or with
+    "auto" let a BlasTuner choose while a loop runs (its `probe` and `every`). Yields the tuner,
+    active only for "auto": time each step of the loop with `tuner.step()` or `tuner.steps()`.
 
     Small matrix products (the toy MLP at batch 25) run faster and steadier on one thread than
     split over two; on cupy this does nothing."""
-    if count is None or name != "numpy":
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-    with threadpool_limits(limits=count, user_api="blas"):
-        yield
+    tuner = BlasTuner(probe, every, active=count == "auto")
+    try:
+        if count in (None, "auto") or name != "numpy":
+            yield tuner
+        else:
+            from threadpoolctl import threadpool_limits
+            with threadpool_limits(limits=count, user_api="blas"):
+                yield tuner
+    finally:
+        tuner.close()
 
 
 class BlasTuner:
@@ -91,41 +97,43 @@ class BlasTuner:
     or its default count. Every `every` steps, `probe` steps run on one thread and `probe` on
     the default, each timed, and the faster by the median runs until the next probe.
 
-        tuner = BlasTuner()
-        for ...:                            # or: for ... in tuner.steps(iterable):
-            with tuner.step():
-                ...one step...
-        tuner.close()       # the default count again
+        with blas_threads("auto") as tuner:      # the default count again after the block
+            for ...:                            # or: for ... in tuner.steps(iterable):
+                with tuner.step():
+                    ...one step...
 
     Why: with another busy program on a 2-core machine, OpenBLAS's two threads wait for each
     other. toy2d.py --recipe fast trained in 5.7-7.0 s on two threads and 7.1-7.6 s on one on the
     idle machine, and in 18-26 s on two, 7.3-7.9 s on one, beside a busy process. OpenBLAS
     splits a product by rows and columns, never its sums, so the thread count leaves every result
-    bitwise the same (tests/test_backend.py). On cupy it does nothing.
+    bitwise the same (tests/test_backend.py). Inactive (active=False, or on cupy), its steps
+    only run.
     """
 
-    def __init__(self, probe=20, every=500, clock=time.perf_counter):
+    def __init__(self, probe=20, every=500, clock=time.perf_counter, active=True):
         self.probe, self.every, self.clock = probe, every, clock
+        self.active = active and name == "numpy"
         self.count, self.best, self.threads = 0, None, None
         self.times = {1: [], None: []}          # seconds per step on one thread, on the default
         self.limiter = None
-        if name == "numpy":
+        if self.active:
             from threadpoolctl import ThreadpoolController
             self.controller = ThreadpoolController().select(user_api="blas")
 
     def _use(self, threads):
-        if threads == self.threads or name != "numpy":
+        if threads == self.threads or not self.active:
             return
         if self.limiter is not None:
             self.limiter.restore_original_limits()
         self.limiter = None if threads is None else self.controller.limit(limits=threads)
         self.threads = threads
 
-    @contextlib.contextmanager
     def step(self):
-        if name != "numpy":             # a device backend: no CPU BLAS to tune
-            yield
-            return
+        """A context that runs one step of the loop, timed while probing."""
+        return self._timed_step() if self.active else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _timed_step(self):
         phase = self.count % self.every
         probing = phase < 2 * self.probe
         self._use((1 if phase < self.probe else None) if probing else self.best)
@@ -140,6 +148,9 @@ class BlasTuner:
 
     def steps(self, iterable):
         """The items of `iterable`, the work of each (the loop's body) timed as one step."""
+        if not self.active:
+            yield from iterable
+            return
         for item in iterable:
             with self.step():
                 yield item

@@ -61,18 +61,16 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
         if args.sampler == "ddim" or t % TRAJECTORY_EVERY == 0 or t in plots.TRAJECTORY_TIMES:
             frames.append((t, backend.to_numpy(x) * std + mean))
 
-    def progress(steps):            # a bar, and with blas_threads="auto" the BLAS tuner, over the steps
+    def progress(steps):            # a bar, and with blas_threads="auto" the BLAS tuner's clock, over the steps
         if not args.no_progress and comm.rank == 0:
             steps = tqdm(steps, desc="sampling", unit="step", dynamic_ncols=True)
-        return tuner.steps(steps) if tuner else steps
+        return tuner.steps(steps)
 
-    tuner = backend.BlasTuner(probe=5, every=100) if blas_threads == "auto" else None
     rng = backend.default_rng(args.seed, 1_000_003, *comm.sampling_keys())
     mine = None if sample_labels is None else sample_labels[comm.part(args.nb_generated)]
-    x = draw(args, model, schedule, (comm.part_size(args.nb_generated),) + sample_shape, rng, mine,
-             args.guidance, progress=progress, callback=record if args.trajectory else None)
-    if tuner:
-        tuner.close()
+    with backend.blas_threads("auto" if blas_threads == "auto" else None, probe=5, every=100) as tuner:
+        x = draw(args, model, schedule, (comm.part_size(args.nb_generated),) + sample_shape, rng, mine,
+                 args.guidance, progress=progress, callback=record if args.trajectory else None)
     generated = comm.gather_rows(backend.to_numpy(x))                          # one transfer back
     frames = [(t, comm.gather_rows(x_t)) for t, x_t in frames]
     comm.done()                                                                # ranks but 0 exit here

@@ -1,7 +1,6 @@
 """The training loop: epochs of Algorithm 1 over a shuffled data set, with Adam, the EMA of the
 weights, a progress bar, a loss log and checkpoints that resume a run exactly."""
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -136,14 +135,11 @@ class Trainer:
         previous_handler = _catch_sigint(interrupted)
         bar = tqdm(total=total, initial=min(self.step, total), disable=not progress or self.comm.rank != 0,
                    desc="training", unit="step", dynamic_ncols=True)
-        tuner = backend.BlasTuner() if self.config.blas_threads == "auto" else None
         try:
-            with backend.blas_threads(None if tuner else self.config.blas_threads):
+            with backend.blas_threads(self.config.blas_threads) as tuner:
                 self._run(x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path,
-                          tuner.step if tuner else contextlib.nullcontext)
+                          tuner.step)
         finally:
-            if tuner:
-                tuner.close()
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
         return self.losses
@@ -165,7 +161,7 @@ class Trainer:
                 self.optimizer.lr = learning_rate(self.step + 1, config.learning_rate, config.lr_schedule,
                                                   config.warmup_steps, config.nb_epochs * steps_per_epoch)
                 self.ema.decay = ema_decay(self.step + 1, config.ema_decay, config.ema_warmup)
-                with timed():                                   # the BLAS tuner's clock, or nothing
+                with timed():                                   # the BLAS tuner's clock ("auto"), or nothing
                     loss = train_step(self.model, self.optimizer, x0, self.schedule, rng, self.ema,
                                       labels=y, cond_drop=config.cond_drop, comm=self.comm, t_power=config.t_power)
                 running, count = running + loss, count + 1

@@ -130,10 +130,12 @@ def test_blas_tuner_keeps_the_faster_thread_count_and_probes_again():
         pass
     tuner.close()
     assert blas_count() == default
-    tuner = backend.BlasTuner(probe=2, every=10)
-    counts = [(item, blas_count()) for item in tuner.steps(range(5))]     # a loop's body timed as a step
+    with backend.blas_threads("auto", probe=2, every=10) as tuner:
+        counts = [(item, blas_count()) for item in tuner.steps(range(5))]     # a loop's body timed as a step
     assert counts[:4] == [(0, 1), (1, 1), (2, default), (3, default)] and counts[4][0] == 4
-    tuner.close()
+    assert blas_count() == default                                           # the block restores it
+    with backend.blas_threads(1) as fixed:                                   # a fixed count: the steps only run
+        assert [(item, blas_count()) for item in fixed.steps(range(2))] == [(0, 1), (1, 1)]
 
 
 def test_training_with_auto_threads_is_bitwise_the_same():
