@@ -73,14 +73,15 @@ def precision(dtype_name):
 
 
 @contextlib.contextmanager
-def blas_threads(count, probe=20, every=500):
+def blas_threads(count, probe=20, every=500, check=None):
     """Limit the CPU's BLAS to `count` threads inside the block (None: leave it alone), or with
-    "auto" let a BlasTuner choose while a loop runs (its `probe` and `every`). Yields the tuner,
-    active only for "auto": time each step of the loop with `tuner.step()` or `tuner.steps()`.
+    "auto" let a BlasTuner choose while a loop runs (its `probe`, `every` and `check`). Yields
+    the tuner, active only for "auto": time each step of the loop with `tuner.step()` or
+    `tuner.steps()`.
 
     Small matrix products (the toy MLP at batch 25) run faster and steadier on one thread than
     split over two; on cupy this does nothing."""
-    tuner = BlasTuner(probe, every, active=count == "auto")
+    tuner = BlasTuner(probe, every, active=count == "auto", check=check)
     try:
         if count in (None, "auto") or name != "numpy":
             yield tuner
@@ -94,31 +95,55 @@ def blas_threads(count, probe=20, every=500):
 
 class BlasTuner:
     """For a loop of like steps on the CPU: keeps the BLAS on whichever is faster now, one thread
-    or its default count. Every `every` steps, `probe` steps run on one thread and `probe` on
-    the default, each timed, and the faster by the median runs until the next probe.
+    or its default count, when both give the same bits. Every `every` steps, `probe` steps run on
+    one thread and `probe` on the default, each timed, and the faster by the median runs until
+    the next probe.
 
-        with blas_threads("auto") as tuner:      # the default count again after the block
+        with blas_threads("auto", check=one_step_without_side_effects) as tuner:
             for ...:                            # or: for ... in tuner.steps(iterable):
                 with tuner.step():
                     ...one step...
 
     Why: with another busy program on a 2-core machine, OpenBLAS's two threads wait for each
     other. toy2d.py --recipe fast trained in 5.7-7.0 s on two threads and 7.1-7.6 s on one on the
-    idle machine, and in 18-26 s on two, 7.3-7.9 s on one, beside a busy process. OpenBLAS
-    splits a product by rows and columns, never its sums, so the thread count leaves every result
-    bitwise the same (tests/test_backend.py). Inactive (active=False, or on cupy), its steps
-    only run.
+    idle machine, and in 18-26 s on two, 7.3-7.9 s on one, beside a busy process.
+
+    Reproducible by construction: whether a product comes out bitwise the same on one thread as
+    on two depends on the BLAS kernel and the shapes. On OpenBLAS's Haswell (AVX2) kernels a 512 x
+    128 by 128 x 128 product differs in 7% of its entries, whole rows near where the two threads
+    split the work; on its SkylakeX kernels this project's models came out equal. So the tuner
+    first runs `check()` (a function returning arrays: one step's products on fixed inputs, say)
+    on one thread and on the default, and switches only if every array is bitwise equal; else,
+    or without a check, it stays on the default count (`reason` says why). Either way a run's
+    results are those of the default count, whatever the machine's load. Inactive (active=False,
+    on cupy, or after a failed check), its steps only run.
     """
 
-    def __init__(self, probe=20, every=500, clock=time.perf_counter, active=True):
-        self.probe, self.every, self.clock = probe, every, clock
+    default_clock = staticmethod(time.perf_counter)
+
+    def __init__(self, probe=20, every=500, clock=None, active=True, check=None):
+        self.probe, self.every, self.clock = probe, every, clock or BlasTuner.default_clock
         self.active = active and name == "numpy"
         self.count, self.best, self.threads = 0, None, None
         self.times = {1: [], None: []}          # seconds per step on one thread, on the default
         self.limiter = None
+        self.reason = None                      # why an asked-for tuner stays on the default count
         if self.active:
             from threadpoolctl import ThreadpoolController
             self.controller = ThreadpoolController().select(user_api="blas")
+            self.active = self._same_bits(check)
+
+    def _same_bits(self, check):
+        """Whether `check()` gives bitwise the same arrays on one thread as on the default count."""
+        if check is None:
+            self.reason = "no check of this loop's products was given"
+            return False
+        with self.controller.limit(limits=1):
+            one = [(a.shape, to_numpy(a).tobytes()) for a in check()]
+        if one == [(a.shape, to_numpy(a).tobytes()) for a in check()]:     # on the default count
+            return True
+        self.reason = "this BLAS rounds this loop's products differently on one thread"
+        return False
 
     def _use(self, threads):
         if threads == self.threads or not self.active:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from . import backend, cli, distributed, plots
 from .checkpoint import CheckpointError
 from .data import standardise
-from .diffusion import ddim_generate, generate
+from .diffusion import ddim_generate, generate, guided_eps
 from .schedule import Schedule
 from .train import TrainConfig, Trainer
 
@@ -68,9 +68,21 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
 
     rng = backend.default_rng(args.seed, 1_000_003, *comm.sampling_keys())
     mine = None if sample_labels is None else sample_labels[comm.part(args.nb_generated)]
-    with backend.blas_threads("auto" if blas_threads == "auto" else None, probe=5, every=100) as tuner:
-        x = draw(args, model, schedule, (comm.part_size(args.nb_generated),) + sample_shape, rng, mine,
-                 args.guidance, progress=progress, callback=record if args.trajectory else None)
+    shape = (comm.part_size(args.nb_generated),) + sample_shape
+
+    def products():                 # one step's eps on fixed x: the BLAS tuner's bitwise check
+        training = model.training
+        model.train(False)
+        try:
+            x = backend.default_rng(0).standard_normal(shape, dtype=backend.dtype)
+            return [guided_eps(model, x, schedule.network_time(schedule.T - 1), mine, args.guidance)]
+        finally:
+            model.train(training)
+
+    with backend.blas_threads("auto" if blas_threads == "auto" else None, probe=5, every=100,
+                              check=products) as tuner:
+        x = draw(args, model, schedule, shape, rng, mine, args.guidance, progress=progress,
+                 callback=record if args.trajectory else None)
     generated = comm.gather_rows(backend.to_numpy(x))                          # one transfer back
     frames = [(t, comm.gather_rows(x_t)) for t, x_t in frames]
     comm.done()                                                                # ranks but 0 exit here

@@ -2,6 +2,7 @@
 weights, a progress bar, a loss log and checkpoints that resume a run exactly."""
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -9,7 +10,7 @@ import signal
 from tqdm.auto import tqdm
 
 from . import backend, checkpoint
-from .diffusion import draw_timesteps, train_step
+from .diffusion import draw_timesteps, loss_and_backward, train_step
 from .distributed import SINGLE
 from .optim import EMA, LR_SCHEDULES, Adam, ema_decay, learning_rate
 
@@ -136,13 +137,30 @@ class Trainer:
         bar = tqdm(total=total, initial=min(self.step, total), disable=not progress or self.comm.rank != 0,
                    desc="training", unit="step", dynamic_ncols=True)
         try:
-            with backend.blas_threads(self.config.blas_threads) as tuner:
+            check = functools.partial(self._step_products, x_train, labels)      # run only for "auto"
+            with backend.blas_threads(self.config.blas_threads, check=check) as tuner:
                 self._run(x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path,
                           tuner.step)
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
         return self.losses
+
+    def _step_products(self, x_train, labels):
+        """The loss and gradients of Algorithm 1 on fixed draws, at each shape this run's steps
+        have (a full batch, and an epoch's shorter last one): what the BLAS tuner compares on one
+        thread and on the default before it may switch between them. Leaves junk gradients,
+        which every step clears."""
+        N, B = x_train.shape[0], self.config.batch_size
+        sizes = {self.comm.part_size(min(B, N))} | ({self.comm.part_size(N % B)} if N % B else set())
+        rng, arrays = backend.default_rng(0), []
+        for n in sorted(sizes - {0}):
+            t = rng.integers(0, self.schedule.T, size=n)
+            eps = rng.standard_normal((n,) + x_train.shape[1:], dtype=x_train.dtype)
+            loss = loss_and_backward(self.model, x_train[:n], t, eps, self.schedule,
+                                     None if labels is None else labels[:n])
+            arrays += [backend.xp.asarray(loss), self.model.flat_grads.copy()]
+        return arrays
 
     def _run(self, x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path, timed):
         config, N = self.config, x_train.shape[0]
