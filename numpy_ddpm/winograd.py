@@ -144,27 +144,36 @@ def _array(buffers, name, shape, dtype, zeros=False):
 
 # The three steps of a layer ----------------------------------------------------------------
 
-def weight_transform(w, t):
+def weight_transform(w, t, buffers=None):
     """U = G w G^T for each (o, c): w (O, C, r, r) -> U (alpha, alpha, O, C), computed in
-    float64 and rounded once to the dtype of w."""
+    float64 and rounded once to the dtype of w (in `buffers`: the weights change every step, so
+    their transforms are redone every step, into the same arrays)."""
     xp = backend.xp
     O, C, r, _ = w.shape
     a = t.alpha
-    w64 = w.astype(xp.float64).transpose(2, 3, 0, 1).reshape(r, r * O * C)      # (k, (l, o, c))
-    left = (t.G @ w64).reshape(a, r, O * C)                                      # sum_k G[a, k] w[k, l]
-    U = xp.matmul(t.G, left)                                                     # (a, b, O*C): sum_l G[b, l] ...
-    return U.reshape(a, a, O, C).astype(w.dtype)
+    w64 = _array(buffers, "w64", (r, r, O, C), xp.float64)
+    w64[...] = w.transpose(2, 3, 0, 1)                                           # (k, l, o, c)
+    left = _array(buffers, "w_left", (a, r * O * C), xp.float64)
+    xp.matmul(t.G, w64.reshape(r, -1), out=left)                                 # sum_k G[a, k] w[k, l]
+    U64 = _array(buffers, "U64", (a, a, O * C), xp.float64)
+    xp.matmul(t.G, left.reshape(a, r, O * C), out=U64)                           # (a, b, O*C): sum_l G[b, l] ...
+    U = _array(buffers, "U", (a, a, O, C), w.dtype)
+    U[...] = U64.reshape(a, a, O, C)
+    return U
 
 
-def weight_transform_adjoint(dU, t):
+def weight_transform_adjoint(dU, t, buffers=None):
     """dw = G^T dU G for each (o, c), the adjoint of weight_transform: dU (alpha, alpha, O, C)
-    -> (O, C, r, r), in float64."""
+    -> (O, C, r, r), in float64 (in `buffers`, as weight_transform)."""
     xp = backend.xp
     a, _, O, C = dU.shape
     r = t.r
-    dU64 = dU.astype(xp.float64).reshape(a, a * O * C)
-    left = (t.GT @ dU64).reshape(r, a, O * C)                                    # sum_a G[a, k] dU[a, b]
-    dw = xp.matmul(t.GT, left)                                                   # (k, l, O*C)
+    dU64 = _array(buffers, "U64", (a, a * O * C), xp.float64)
+    dU64[...] = dU.reshape(a, a * O * C)
+    left = _array(buffers, "w_left", (r, a * O * C), xp.float64)
+    xp.matmul(t.GT, dU64, out=left)                                              # sum_a G[a, k] dU[a, b]
+    dw = _array(buffers, "w64", (r, r, O * C), xp.float64)
+    xp.matmul(t.GT, left.reshape(r, a, O * C), out=dw)                           # (k, l, O*C)
     return dw.reshape(r, r, O, C).transpose(2, 3, 0, 1)
 
 
@@ -260,7 +269,7 @@ class WinogradConvolution:
 
     def forward(self, layer, x):
         t = Transforms.get(layer.KH, x.dtype)
-        U = weight_transform(layer.w, t)
+        U = weight_transform(layer.w, t, layer.work_buffers)
         N, C, H, W = x.shape
         OH, OW = H + 2 * layer.P - t.r + 1, W + 2 * layer.P - t.r + 1
         TH, TW = tiles_count(OH, OW, t.m)
@@ -285,12 +294,15 @@ class WinogradConvolution:
             V = input_transform(x, P, t, OH, OW, buffers)                       # in "tiles"
         # dM goes where V is not: into "tiles" when V was kept, which saves a work array
         dM = output_transform_adjoint(dy, t, buffers, "dy_tiles" if self.V is None else "tiles")
-        a = t.alpha
-        dU = backend.xp.matmul(dM.reshape(a * a, *dM.shape[2:]), V.reshape(a * a, V.shape[2], -1).transpose(0, 2, 1))
-        layer.dw += weight_transform_adjoint(dU.reshape(a, a, *dU.shape[1:]), t).astype(layer.dw.dtype)
+        a, (O, C) = t.alpha, layer.w.shape[:2]
+        dU = _array(buffers, "U", (a * a, O, C), dy.dtype)
+        backend.xp.matmul(dM.reshape(a * a, O, -1), V.reshape(a * a, C, -1).transpose(0, 2, 1), out=dU)
+        dw = _array(buffers, "dw", layer.dw.shape, layer.dw.dtype)
+        dw[...] = weight_transform_adjoint(dU.reshape(a, a, O, C), t, buffers)   # rounded once, then summed
+        layer.dw += dw
         self.V = None
         # dL/dx: the convolution of dy with the kernel turned by 180 degrees, channels swapped,
         # padded by r - 1 - P (as in Conv2d.backward)
         w_turned = layer.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)              # (C, O, r, r)
-        dx, _ = convolve(dy, weight_transform(w_turned, t), r - 1 - P, t, buffers)
+        dx, _ = convolve(dy, weight_transform(w_turned, t, buffers), r - 1 - P, t, buffers)
         return dx
