@@ -1,7 +1,9 @@
 """The array backend: the one module of numpy_ddpm that imports numpy (and, when asked, cupy).
 
 Every other module reaches the array library through `backend.xp` at call time, so the same
-code runs on numpy arrays (CPU) and on cupy arrays (CUDA). Nothing switches on its own:
+code runs on numpy arrays (CPU) and on cupy arrays (CUDA). Nothing switches on its own (on
+import, the numpy backend is chosen and the C allocator set to reuse freed blocks: see
+reuse_freed_memory):
 
     from numpy_ddpm import backend
     backend.use("cupy")          # or "numpy", the default
@@ -15,6 +17,7 @@ reference itself, so the math always lives in numpy_ddpm/ and CUDA source never 
 """
 
 import contextlib
+import os
 import statistics
 import time
 
@@ -36,11 +39,16 @@ _device_random = None       # the generator class of a device backend
 
 def use(backend_name, device=None, tf32=False):
     """Choose the array backend: "numpy" (CPU) or "cupy" (CUDA device `device`, default 0;
-    `tf32` allows TensorFloat-32 matrix products, off by default)."""
-    global xp, name, _device_random
+    `tf32` allows TensorFloat-32 matrix products, off by default). The first use("numpy"),
+    made when numpy_ddpm is imported, also sets the C allocator up (reuse_freed_memory)."""
+    global xp, name, _device_random, _allocator_set
     if backend_name == "numpy":
         xp, name, _device_random = numpy, "numpy", None
         _fused_kernels.clear()
+        if not _allocator_set:              # once per process, at the first use (import)
+            _allocator_set = True
+            if os.environ.get(REUSE_MEMORY_VARIABLE, "1") != "0":
+                reuse_freed_memory()
     elif backend_name == "cupy":
         try:
             import cupy_backend
@@ -184,15 +192,23 @@ class BlasTuner:
         self._use(None)
 
 
-def reuse_freed_memory():
-    """Let the C allocator reuse freed arrays of up to 32 MB instead of returning them to the
-    system (glibc only; elsewhere nothing happens). Returns whether it applied.
+REUSE_MEMORY_VARIABLE = "NUMPY_DDPM_REUSE_MEMORY"     # "0": the first use("numpy") leaves malloc alone
+_allocator_set = False
 
-    A training step makes temporaries of 0.1 to 10 MB (activations, ReLU masks, gradients).
-    glibc maps each one above its threshold (128 KiB, raised only after larger blocks were
-    freed) afresh from the system and unmaps it when freed, so every step pays page faults
-    for them: the lecture's conv net on digits trains at 14 steps/s with Winograd in a fresh
-    process, 32 steps/s once they are reused. The demos call this; a library user may too.
+
+def reuse_freed_memory(enable=True):
+    """Let the C allocator keep and reuse freed blocks of up to 32 MB instead of returning them
+    to the system (glibc only; elsewhere nothing happens); `enable=False` puts glibc's default
+    thresholds back (128 KiB, fixed: glibc's own raising of them stays off). Returns whether it
+    applied. The first `use("numpy")`, which importing numpy_ddpm makes, calls it, unless the
+    environment variable NUMPY_DDPM_REUSE_MEMORY is "0".
+
+    Why: a step makes temporaries of 0.1 to 10 MB (activations, ReLU masks, gradients). glibc
+    maps each one above its threshold (128 KiB, raised only after larger blocks were freed)
+    afresh from the system and unmaps it, or trims its heap, when freed, so every step pays page
+    faults for them. The layers keep their own large work arrays (im2col's columns, Winograd's
+    tiles and weight transforms) from step to step; this covers the rest (the MLP sampling 1000
+    points: 351 faults a step without it, none with it; benchmarks/page_faults.py).
     """
     import ctypes
     import ctypes.util
@@ -202,7 +218,8 @@ def reuse_freed_memory():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20))
+        mmap, trim = (32 * 2**20, 256 * 2**20) if enable else (128 * 2**10, 128 * 2**10)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap) and libc.mallopt(M_TRIM_THRESHOLD, trim))
     except (OSError, AttributeError):       # not glibc (musl has no mallopt)
         return False
 
@@ -238,3 +255,6 @@ def host_rng(*keys):
     """A numpy generator on the host: model initialisation and data sets use it, so a model
     or a data set is the same whichever backend it ends up on."""
     return numpy.random.default_rng(list(keys) if keys else None)
+
+
+use("numpy")        # the default backend, and the C allocator's settings (reuse_freed_memory)
