@@ -1,17 +1,20 @@
 """How the benchmark times and weighs a workload.
 
-Timing: PyTorch runs in a process of its own. In one process, numpy's OpenBLAS threads and
-PyTorch's OpenMP threads keep spinning after their work and steal the cores from each other
-(on 2 cores this flattered numpy's ratio by 1.3 to 1.6x). So a worker process builds and
-warms up the PyTorch side of a workload and times it on request, and the repeats alternate,
-one of each implementation in turn, so that both see the same machine; each row reports the
-minimum and the median over its repeats.
+Timing: every side of a row runs in a fresh process of its own, ours as PyTorch, with no set-up
+that the library does not do by itself (a worker imports the package, builds the workload,
+warms it up and times it on request). So the rows show what a script that imports numpy_ddpm
+gets, and the two sides' thread pools cannot steal the cores from each other (in one process,
+numpy's OpenBLAS threads and PyTorch's OpenMP threads kept spinning after their work: on 2 cores
+that flattered numpy's ratio by 1.3 to 1.6x). The repeats alternate, one of each side in turn,
+so that both see the same machine; each row reports the minimum and the median over its repeats.
+`env` (OPENBLAS_CORETYPE=Haswell, say) goes to our side's workers alone.
 
 Memory: the peak resident set that building a workload and three calls add to a fresh process
 (Linux: /proc/self/clear_refs resets the peak).
 
-    python benchmarks/harness.py torch-worker INDEX QUICK DEVICE    (started by TorchWorker)
-    python benchmarks/harness.py memory INDEX IMPL ALGORITHM         (started by peak_memory)
+    python benchmarks/harness.py worker IMPL INDEX QUICK ARG    (started by Worker)
+    python benchmarks/harness.py memory INDEX IMPL ALGORITHM    (started by peak_memory)
+    python benchmarks/harness.py peak QUICK                     (started by matmul_peak)
 """
 
 import importlib.util
@@ -53,19 +56,21 @@ class LocalTimer:
         pass
 
 
-class TorchWorker:
-    """Times workload `index` of workloads(quick) in PyTorch, in a worker process."""
+class Worker:
+    """Times workload `index` of workloads(quick) in a fresh worker process: `impl` "numpy" or
+    "cupy" (ours, `arg` the convolution algorithm or "auto") or "torch" (`arg` the device).
+    `info` is what the worker reported once warmed up (its BLAS)."""
 
-    def __init__(self, index, quick, device):
+    def __init__(self, impl, index, quick, arg, env=None):
         self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "torch-worker", str(index), str(int(quick)), device],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._read()                                            # "ready" once warmed up
+            [sys.executable, os.path.abspath(__file__), "worker", impl, str(index), str(int(quick)), arg],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        self.info = self._read()                                # sent once warmed up
 
     def _read(self):
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError("the PyTorch worker process ended early")
+            raise RuntimeError("a benchmark worker process ended early")
         return json.loads(line)
 
     def time(self, calls):
@@ -78,14 +83,28 @@ class TorchWorker:
         self.process.wait()
 
 
-def torch_worker(index, quick, device):
+def blas_info():
+    """The BLAS libraries loaded in this process, as threadpoolctl sees them."""
+    from threadpoolctl import threadpool_info
+    return [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+
+
+def worker(impl, index, quick, arg):
     from workloads import workloads
-    import torch
     workload = workloads(quick)[index]
-    fn = workload.torch(device)
-    after = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if impl == "torch":
+        import torch
+        fn, after = workload.torch(arg), (torch.cuda.synchronize if arg == "cuda" else (lambda: None))
+    else:
+        from threadpoolctl import threadpool_limits
+        from workloads import backend, sync
+        backend.use(impl)
+        fn, after = workload.ours(None if arg == "auto" else arg), sync
+        if workload.blas_threads:       # the BLAS threads the demos use (one for the MLP at batch 25)
+            threadpool_limits(limits=workload.blas_threads, user_api="blas")
     timer = LocalTimer(fn, workload.warmup, after)
-    print(json.dumps("ready"), flush=True)
+    print(json.dumps({"blas": blas_info()}), flush=True)
     for line in sys.stdin:
         print(json.dumps(timer.time(int(line))), flush=True)
 
@@ -131,11 +150,11 @@ def peak_added_mib(baseline):
     return None if peak is None or baseline is None else max(0, peak - baseline) / 1024
 
 
-def peak_memory(index, impl, algorithm=None):
+def peak_memory(index, impl, algorithm=None, env=None):
     """Peak resident memory (MiB) that workload `index` adds to a fresh process, for `impl`
     ("numpy" or "torch-cpu", with the convolution `algorithm`): the model and three calls."""
     result = subprocess.run([sys.executable, os.path.abspath(__file__), "memory", str(index), impl,
-                             algorithm or "auto"], capture_output=True, text=True)
+                             algorithm or "auto"], capture_output=True, text=True, env={**os.environ, **(env or {})})
     try:
         return float(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -154,8 +173,15 @@ def memory_child(index, impl, algorithm):
     print(peak_added_mib(baseline))
 
 
-def matmul_peak(quick):
-    """numpy's float32 matmul rate on square matrices (GFLOP/s), best of three."""
+def matmul_peak(quick, env=None):
+    """numpy's float32 matmul rate on square matrices (GFLOP/s), best of three, in a fresh
+    process (with `env`: another OpenBLAS kernel, say)."""
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), "peak", str(int(quick))],
+                            capture_output=True, text=True, check=True, env={**os.environ, **(env or {})})
+    return float(result.stdout)
+
+
+def peak_child(quick):
     import numpy as np
     n = 1024 if quick else 2048
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
@@ -165,12 +191,14 @@ def matmul_peak(quick):
         start = time.perf_counter()
         a @ a
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    print(2 * n ** 3 / best / 1e9)
 
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
-    if command == "torch-worker":
-        torch_worker(int(rest[0]), bool(int(rest[1])), rest[2])
+    if command == "worker":
+        worker(rest[0], int(rest[1]), bool(int(rest[2])), rest[3])
     elif command == "memory":
         memory_child(int(rest[0]), rest[1], rest[2])
+    elif command == "peak":
+        peak_child(bool(int(rest[0])))

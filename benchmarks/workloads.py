@@ -160,10 +160,11 @@ class Workload:
     time (one call: a training step, or a sampling run); `flops` are the matrix products'
     floating-point operations of one call, `items` what one call produces (1 step, or samples)."""
 
-    def __init__(self, name, kind, ours, torch, flops, calls, repeats, items=1, algorithms=(None,)):
+    def __init__(self, name, kind, ours, torch, flops, calls, repeats, items=1, algorithms=(None,), blas_threads=None):
         self.name, self.kind, self.ours, self.torch = name, kind, ours, torch
         self.flops, self.calls, self.repeats, self.items = flops, calls, repeats, items
         self.algorithms = algorithms        # the conv rows: one per convolution algorithm
+        self.blas_threads = blas_threads    # ours on that many BLAS threads, as the demos run it (None: all)
         self.warmup = 2 if kind == "sample" else 5
 
 
@@ -175,7 +176,8 @@ def workloads(quick):
     sample_steps = 5 if quick else 20
     rows = [
         Workload("MLP train step, batch 25", "train", lambda a: ours_train(lambda: mlp(2), (25, 2)),
-                 lambda d: torch_train("mlp", (25, 2), d), 3 * mlp_forward_flops(25), 200 if quick else 1000, 5),
+                 lambda d: torch_train("mlp", (25, 2), d), 3 * mlp_forward_flops(25), 200 if quick else 1000, 5,
+                 blas_threads=1),          # as demos/toy2d.py trains batches up to 256
         Workload("MLP train step, batch 1024", "train", lambda a: ours_train(lambda: mlp(2), (1024, 2)),
                  lambda d: torch_train("mlp", (1024, 2), d), 3 * mlp_forward_flops(1024), 20 if quick else 100, 5),
         Workload("MLP sampling, 1000 points", "sample",
