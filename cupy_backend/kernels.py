@@ -5,7 +5,7 @@ and cached by cupy after their first compilation.
 
 import cupy
 
-from numpy_ddpm import diffusion, optim
+from numpy_ddpm import diffusion, dpm_solver, optim
 
 # Adam, as optim.adam_update:
 #   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
@@ -102,6 +102,29 @@ def ddim_step(xt, eps_hat, z, t, t_prev, schedule, eta):
     return _ddim_step(xt, eps_hat, z, *coefficients, T(sigma))
 
 
+# One step of DPM-Solver++, as dpm_solver.dpm_solver_update, with the coefficients of
+# dpm_solver.dpm_solver_coefficients (host, double precision):
+#   x0_hat = (x_s - sigma_s eps_hat) / alpha_s
+#   x_t    = a x_s + b0 x0_hat + b1 x0_hat_s1 + b2 x0_hat_s2
+# One kernel for the three orders: a lower order passes x_s for the missing x0_hat, with weight 0.
+_dpm_solver_update = cupy.ElementwiseKernel(
+    "T xs, T eps_hat, T x0_hat_s1, T x0_hat_s2, T alpha_s, T sigma_s, T a, T b0, T b1, T b2",
+    "T xt, T x0_hat",
+    """
+    x0_hat = (xs - sigma_s * eps_hat) / alpha_s;
+    xt = a * xs + b0 * x0_hat + b1 * x0_hat_s1 + b2 * x0_hat_s2;
+    """,
+    "numpy_ddpm_dpm_solver_update")
+
+
+def dpm_solver_update(xs, eps_hat, s, t, before, schedule):
+    alpha_s, sigma_s, a, b = dpm_solver.dpm_solver_coefficients(s, t, [s_i for s_i, _ in before], schedule)
+    T = xs.dtype.type
+    earlier = [x0_hat for _, x0_hat in before] + [xs] * (2 - len(before))
+    b = b + [0.0] * (3 - len(b))
+    return _dpm_solver_update(xs, eps_hat, *earlier, T(alpha_s), T(sigma_s), T(a), *(T(b_i) for b_i in b))
+
+
 # name -> (fused kernel, the reference it must match)
 REFERENCES = {
     "adam_update": (adam_update, optim.adam_update),
@@ -109,5 +132,6 @@ REFERENCES = {
     "q_sample": (q_sample, diffusion.q_sample),
     "sampling_step": (sampling_step, diffusion.sampling_step),
     "ddim_step": (ddim_step, diffusion.ddim_step),
+    "dpm_solver_update": (dpm_solver_update, dpm_solver.dpm_solver_update),
 }
 REGISTRY = {name: fused for name, (fused, _) in REFERENCES.items()}

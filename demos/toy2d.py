@@ -3,6 +3,7 @@
     python demos/toy2d.py                      # the spiral, the lecture's settings, on numpy
     python demos/toy2d.py --data two_discs --backend cupy
     python demos/toy2d.py --resume runs/toy2d/checkpoint.npz --sampler ddim --sampling-steps 20
+    python demos/toy2d.py --resume runs/toy2d/checkpoint.npz --sampler dpm++ --sampling-steps 10
     python demos/toy2d.py --data two_discs --conditional --guidance 3
 
 1-D sets are drawn as histograms, 2-D sets as scatter plots, generated points in red over the

@@ -6,6 +6,7 @@ import sys
 
 from . import backend, distributed
 from .optim import LR_SCHEDULES
+from .schedule import Schedule
 
 
 class UserError(Exception):
@@ -58,13 +59,17 @@ def common_parser(description, recipes=None, **defaults):
     parser.add_argument("--no-window", action="store_true", help="only write files, open no window")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     sampling = parser.add_argument_group("sampling (also with --resume of a finished run, which then only samples)")
-    sampling.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
-                          help="ddpm: Algorithm 2, all T steps (the lecture's); ddim: Song et al.'s eq. 12")
+    sampling.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"], default="ddpm",
+                          help="ddpm: Algorithm 2, all T steps (the lecture's); ddim: Song et al.'s eq. 12; "
+                               "dpm++: DPM-Solver++, Lu et al.'s multistep ODE solver")
     sampling.add_argument("--sampling-steps", type=int, default=None,
-                          help="DDIM steps, 1 to T (default 50); DDPM always takes T")
+                          help="DDIM or DPM-Solver++ steps, 1 to T (default 50 for ddim, 20 for dpm++); "
+                               "DDPM always takes T")
     sampling.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    sampling.add_argument("--spacing", choices=["trailing", "leading"], default="trailing",
-                          help="DDIM step indices (diffusers' conventions)")
+    sampling.add_argument("--order", type=int, default=None,
+                          help="DPM-Solver++ order: 1 (DDIM at eta 0), 2 (2M, when not given) or 3 (3M)")
+    sampling.add_argument("--spacing", choices=["trailing", "leading", "linspace"], default="trailing",
+                          help="DDIM and DPM-Solver++ step indices, diffusers' rules (linspace: dpm++)")
     guidance = parser.add_argument_group("classifier-free guidance (Ho & Salimans 2022)")
     guidance.add_argument("--conditional", action="store_true",
                           help="train a class-conditional model (on a data set with classes)")
@@ -78,13 +83,15 @@ def common_parser(description, recipes=None, **defaults):
 
 
 def parse(parser, argv=None):
-    """Parse the flags, then apply --recipe to the flags not given explicitly."""
+    """Parse the flags, then apply --recipe to the flags not given explicitly. `args.given` lists
+    the flags given explicitly (by their dest names): a recipe's --eta, say, is no user error."""
     args = parser.parse_args(argv)
+    unset = object()
+    given = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
+    args.given = tuple(sorted(a.dest for a in parser._actions if getattr(given, a.dest) is not unset))
     if args.recipe != "lecture":
-        unset = object()
-        given = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
         for key, value in args.recipes[args.recipe].items():
-            if getattr(given, key) is unset:
+            if key not in args.given:
                 setattr(args, key, value)
     return args
 
@@ -101,17 +108,30 @@ def check_common(args):
     backend.use(args.backend, args.device, tf32=args.tf32)
     backend.reuse_freed_memory()        # no page faults for each step's temporaries
     backend.use_fused = not args.no_fused
+    check_sampling(args, Schedule().T)      # the demos' schedule; before --out: a wrong flag writes nothing
     os.makedirs(args.out, exist_ok=True)
 
 
 def check_sampling(args, T):
     """The sampling and guidance flags against the schedule's T steps; a sentence if wrong."""
+    given = getattr(args, "given", ())          # flags given explicitly (parse), not by a recipe
     if args.sampling_steps is not None and args.sampler == "ddpm" and args.sampling_steps != T:
-        raise UserError(f"--sampling-steps is for --sampler ddim: DDPM takes all {T} steps")
+        raise UserError(f"--sampling-steps is for --sampler ddim or dpm++: DDPM takes all {T} steps")
     if args.sampling_steps is not None and not 1 <= args.sampling_steps <= T:
         raise UserError(f"--sampling-steps must be between 1 and {T}, not {args.sampling_steps}")
     if not 0 <= args.eta <= 1:
         raise UserError(f"--eta must be in [0, 1], not {args.eta}")
+    if args.sampler == "dpm++" and "eta" in given:
+        raise UserError("--eta is for --sampler ddim: DPM-Solver++ is deterministic")
+    if args.order is not None and args.sampler != "dpm++" and "order" in given:
+        raise UserError("--order is for --sampler dpm++")
+    if args.order is not None and not 1 <= args.order <= 3:
+        raise UserError(f"--order must be 1, 2 or 3, not {args.order}")
+    if args.spacing == "linspace" and args.sampler == "ddim":
+        raise UserError("--spacing linspace is for --sampler dpm++: DDIM's are leading and trailing")
+    if args.sampler == "dpm++" and args.spacing != "trailing" and args.sampling_steps == T:
+        raise UserError(f"--spacing {args.spacing} fits at most {T - 1} DPM-Solver++ steps, not {T}: "
+                        "take fewer or --spacing trailing")
     if not args.guidance >= 0:
         raise UserError(f"--guidance must be 0 or more, not {args.guidance}")
     if not 0 <= args.cond_drop <= 1:

@@ -1,6 +1,7 @@
 """Training (Algorithm 1) and sampling (Algorithm 2) of Ho et al. (2020), as in the lecture;
 then where the lecture ends: DDIM sampling (Song, Meng & Ermon 2021) with the same trained
-model, and classifier-free guidance (Ho & Salimans 2022) for both samplers.
+model, and classifier-free guidance (Ho & Salimans 2022) for both samplers. DPM-Solver++ (Lu et
+al. 2022), a multistep solver of the same ODE as DDIM's, is in dpm_solver.py and re-exported here.
 
 Everything works in the standardised space of the data, x0 = (x - mean) / std; time steps are
 0-based array indices (see schedule.py). A conditional model (models.py, nb_classes=K) takes
@@ -231,3 +232,12 @@ def ddim_generate(model, shape, schedule, rng, nb_steps=50, eta=0.0, spacing="tr
     if hasattr(model, "train"):
         model.train(training)
     return x
+
+
+# DPM-Solver++ (Lu et al. 2022) lives in dpm_solver.py, which imports this module: it is re-exported
+# here on first use, so that `from numpy_ddpm.diffusion import dpm_solver_generate` works without a cycle.
+def __getattr__(name):
+    if name == "dpm_solver_generate":
+        from .dpm_solver import dpm_solver_generate
+        return dpm_solver_generate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,10 +7,11 @@ import time
 
 from tqdm.auto import tqdm
 
-from . import backend, cli, distributed, plots
+from . import backend, distributed, plots
 from .checkpoint import CheckpointError
 from .data import standardise
 from .diffusion import ddim_generate, generate, guided_eps
+from .dpm_solver import dpm_solver_generate
 from .schedule import Schedule
 from .train import TrainConfig, Trainer
 
@@ -33,8 +34,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     comm = getattr(args, "comm", distributed.SINGLE)
     x_standardised, mean, std = standardise(x_host)
     meta = {**meta, "mean": mean, "std": std}
-    schedule = Schedule()
-    cli.check_sampling(args, schedule.T)
+    schedule = Schedule()           # the sampling flags were checked against it by cli.check_common
     config = train_config(args, blas_threads)
     steps = args.nb_epochs * math.ceil(len(x_host) / args.batch_size)
     if comm.rank == 0 and not args.ema_warmup and steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
@@ -58,7 +58,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     frames = []
 
     def record(t, x):
-        if args.sampler == "ddim" or t % TRAJECTORY_EVERY == 0 or t in plots.TRAJECTORY_TIMES:
+        if args.sampler != "ddpm" or t % TRAJECTORY_EVERY == 0 or t in plots.TRAJECTORY_TIMES:
             frames.append((t, backend.to_numpy(x) * std + mean))
 
     def progress(steps):            # a bar, and with blas_threads="auto" the BLAS tuner's clock, over the steps
@@ -104,7 +104,11 @@ def train_config(args, blas_threads=None):
 
 
 def draw(args, model, schedule, shape, rng, labels=None, guidance=1.0, progress=None, callback=None):
-    """Samples of `shape` in the standardised space, by Algorithm 2 or DDIM as args say."""
+    """Samples of `shape` in the standardised space, by Algorithm 2, DDIM or DPM-Solver++ as args say."""
+    if args.sampler == "dpm++":
+        return dpm_solver_generate(model, shape, schedule, rng, nb_steps=args.sampling_steps or 20,
+                                   order=args.order or 2, spacing=args.spacing, progress=progress,
+                                   callback=callback, labels=labels, guidance=guidance)
     if args.sampler == "ddim":
         return ddim_generate(model, shape, schedule, rng, nb_steps=args.sampling_steps or 50, eta=args.eta,
                              spacing=args.spacing, progress=progress, callback=callback,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend
-from numpy_ddpm.diffusion import ddim_generate, generate, loss_and_backward
+from numpy_ddpm.diffusion import ddim_generate, dpm_solver_generate, generate, loss_and_backward
 from numpy_ddpm.layers import Conv2d, Linear, ReLU, TimeAppender
 from numpy_ddpm.models import convnet, mlp
 from numpy_ddpm.optim import EMA, Adam
@@ -159,6 +159,34 @@ def test_guided_ddim_agrees(on, fused):
         backend.use_fused = fused
         return [ddim_generate(mlp(2, seed=5, nb_classes=4), (100, 2), Schedule(), UploadedRandom(6), nb_steps=20,
                               eta=1.0, labels=backend.asarray(labels), guidance=3.0)]
+
+    (a,), (b,) = run("numpy", on, f), run("cupy", on, f)
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)
+
+
+def test_dpm_solver_kernel_matches_its_reference(on):
+    from cupy_backend import kernels
+    on("cupy")
+    xp, s = backend.xp, Schedule()
+    rng = np.random.default_rng(9)
+    xs, eps_hat, x0_hat_s1, x0_hat_s2 = (xp.asarray(rng.standard_normal((64, 1, 8, 8)).astype(np.float32))
+                                         for _ in range(4))
+    for step, t, earlier in ((999, 949, []), (949, 899, [999]), (899, 849, [949, 999]), (49, -1, [])):
+        before = list(zip(earlier, (x0_hat_s1, x0_hat_s2)))
+        fused = kernels.dpm_solver_update(xs, eps_hat, step, t, before, s)
+        reference = kernels.REFERENCES["dpm_solver_update"][1](xs, eps_hat, step, t, before, s)
+        for a, b in zip(fused, reference):
+            np.testing.assert_allclose(a.get(), b.get(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_guided_dpm_solver_agrees(on, fused):
+    labels = np.arange(100) % 4
+
+    def f():
+        backend.use_fused = fused
+        return [dpm_solver_generate(mlp(2, seed=5, nb_classes=4), (100, 2), Schedule(), UploadedRandom(6),
+                                    nb_steps=20, order=3, labels=backend.asarray(labels), guidance=3.0)]
 
     (a,), (b,) = run("numpy", on, f), run("cupy", on, f)
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from numpy_ddpm import backend, diffusion, optim
+from numpy_ddpm import backend, diffusion, dpm_solver, optim
 from numpy_ddpm.schedule import Schedule
 
 
@@ -55,6 +55,7 @@ def test_every_fused_kernel_has_its_reference(kernels):
     assert kernels.REFERENCES["q_sample"][1] is diffusion.q_sample
     assert kernels.REFERENCES["sampling_step"][1] is diffusion.sampling_step
     assert kernels.REFERENCES["ddim_step"][1] is diffusion.ddim_step
+    assert kernels.REFERENCES["dpm_solver_update"][1] is dpm_solver.dpm_solver_update
     assert set(kernels.REGISTRY) == set(kernels.REFERENCES)
 
 
@@ -120,6 +121,35 @@ def test_ddim_generate_through_the_emulated_kernels(kernels, monkeypatch):
     def sample():
         return diffusion.ddim_generate(mlp(2, seed=1, nb_classes=3), (40, 2), Schedule(T=50), backend.default_rng(2),
                                        nb_steps=10, eta=0.5, labels=labels, guidance=2.0)
+    monkeypatch.setattr(backend, "_fused_kernels", dict(kernels.REGISTRY))
+    fused = sample()
+    backend._fused_kernels.clear()
+    np.testing.assert_allclose(fused, sample(), rtol=1e-4, atol=1e-5)
+
+
+def test_dpm_solver_update_kernel(kernels):
+    """Each order, the first step (x0_hat divides by alpha_999 = 0.0064) and the last (to x0_hat)."""
+    rng = np.random.default_rng(5)
+    s = Schedule()
+    xs, eps_hat, x0_hat_s1, x0_hat_s2 = arrays(rng, 50, 1, 3, 3, n=4)
+    for step, t, earlier in ((999, 949, []), (949, 899, [999]), (899, 849, [949, 999]),
+                             (300, 200, [450, 700]), (99, 49, [149]), (49, -1, [])):
+        before = list(zip(earlier, (x0_hat_s1, x0_hat_s2)))
+        fused = kernels.dpm_solver_update(xs, eps_hat, step, t, before, s)
+        reference = dpm_solver.dpm_solver_update(xs, eps_hat, step, t, before, s)
+        for a, b in zip(fused, reference):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_dpm_solver_generate_through_the_emulated_kernels(kernels, monkeypatch):
+    """DPM-Solver++(3M) with the fused step registered, as backend.use("cupy") does, with guidance."""
+    from numpy_ddpm.models import mlp
+    labels = np.arange(40) % 3
+
+    def sample():
+        return dpm_solver.dpm_solver_generate(mlp(2, seed=1, nb_classes=3), (40, 2), Schedule(T=50),
+                                              backend.default_rng(2), nb_steps=10, order=3, labels=labels,
+                                              guidance=2.0)
     monkeypatch.setattr(backend, "_fused_kernels", dict(kernels.REGISTRY))
     fused = sample()
     backend._fused_kernels.clear()
