@@ -171,7 +171,6 @@ def main():
     parser.add_argument("--report", action="store_true", help="run nothing: tabulate the JSON")
     args = parser.parse_args()
     sets, seeds, configs = args.sets.split(","), [int(s) for s in args.seeds.split(",")], args.configs.split(",")
-    backend.reuse_freed_memory()
     record = {"perfect": {}, "models": []}
     if os.path.exists(args.json):
         with open(args.json) as file:

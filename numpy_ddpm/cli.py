@@ -106,7 +106,6 @@ def check_common(args):
     if args.distributed and args.backend == "cupy" and args.device is None:
         args.device = distributed.cuda_device(args.comm.rank)        # rank r: device r modulo the visible ones
     backend.use(args.backend, args.device, tf32=args.tf32)
-    backend.reuse_freed_memory()        # no page faults for each step's temporaries
     backend.use_fused = not args.no_fused
     check_sampling(args, Schedule().T)      # the demos' schedule; before --out: a wrong flag writes nothing
     os.makedirs(args.out, exist_ok=True)

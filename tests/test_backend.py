@@ -52,7 +52,8 @@ def test_precision_context():
     assert backend.dtype.__name__ == "float32"
 
 
-DEVICE_PATH = ["layers.py", "im2col.py", "optim.py", "diffusion.py", "schedule.py", "models.py", "train.py"]
+DEVICE_PATH = ["layers.py", "im2col.py", "optim.py", "diffusion.py", "dpm_solver.py", "schedule.py", "models.py",
+               "train.py"]
 
 
 def test_device_path_never_touches_host_numpy():
