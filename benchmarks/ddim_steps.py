@@ -1,5 +1,6 @@
-"""Sample quality against sampling steps: DDPM (Algorithm 2, all 1000 steps) and DDIM (10, 20,
-50, 100, 200 steps, eta 0 and 1) from the same trained toy models.
+"""Sample quality against sampling steps: DDPM (Algorithm 2, all 1000 steps), DDIM (10, 20, 50,
+100, 200 steps, eta 0 and 1) and DPM-Solver++ (2M and 3M, 5 to 50 steps) from the same trained
+toy models.
 
     python benchmarks/ddim_steps.py runs/ddim/spiral/checkpoint.npz runs/ddim/two_discs/checkpoint.npz
     python benchmarks/ddim_steps.py --train spiral two_discs      # trains them first (the lecture's
@@ -26,27 +27,34 @@ sys.path.insert(0, ROOT)
 
 from numpy_ddpm import backend, metrics  # noqa: E402
 from numpy_ddpm.diffusion import ddim_generate, generate  # noqa: E402
+from numpy_ddpm.dpm_solver import dpm_solver_generate  # noqa: E402
 from numpy_ddpm.likelihood import load_model  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
 
 
-def samplers(steps, etas):
-    """[(label, nb_steps, eta, draw)] with draw(model, shape, schedule, rng) -> samples."""
+def samplers(steps, etas, dpm_steps=(), dpm_orders=()):
+    """[(label, nb_steps, eta, draw)] with draw(model, shape, schedule, rng) -> samples (eta None:
+    no DDIM eta; DPM-Solver++ rows are labelled by their order)."""
     rows = [("DDPM", 1000, None, lambda m, shape, s, rng: generate(m, shape, s, rng))]
     for eta in etas:
         for S in steps:
             rows.append((f"DDIM eta={eta:g}", S, eta,
                          lambda m, shape, s, rng, S=S, eta=eta: ddim_generate(m, shape, s, rng, nb_steps=S, eta=eta)))
+    for order in dpm_orders:
+        for S in dpm_steps:
+            rows.append((f"DPM-Solver++ {order}M", S, None,
+                         lambda m, shape, s, rng, S=S, k=order: dpm_solver_generate(m, shape, s, rng, nb_steps=S,
+                                                                                     order=k)))
     return rows
 
 
-def measure(path, nb_generated, steps, etas, seeds):
+def measure(path, nb_generated, steps, etas, seeds, dpm_steps=(), dpm_orders=()):
     model, meta, nb_classes = load_model(path)
     if nb_classes is not None:
         raise SystemExit(f"{path} holds a conditional model; this measures unconditional ones")
     schedule, name = Schedule(), meta["data"]
     rows = []
-    for label, S, eta, draw in samplers(steps, etas):
+    for label, S, eta, draw in samplers(steps, etas, dpm_steps, dpm_orders):
         for seed in seeds:
             rng = backend.default_rng(seed, 1_000_003)
             start = time.perf_counter()
@@ -97,6 +105,12 @@ def plot(rows, path):
             ax.errorbar([r["steps"] for r in ddim], [r["ratio"] for r in ddim], capsize=3, marker=marker,
                         yerr=[[r["ratio"] - r["low"] for r in ddim], [r["high"] - r["ratio"] for r in ddim]],
                         label=f"DDIM, eta = {eta:g}")
+        for order, marker in ((2, "^"), (3, "v")):
+            dpm = sorted((r for r in mine if r["sampler"] == f"DPM-Solver++ {order}M"), key=lambda r: r["steps"])
+            if dpm:
+                ax.errorbar([r["steps"] for r in dpm], [r["ratio"] for r in dpm], capsize=3, marker=marker,
+                            yerr=[[r["ratio"] - r["low"] for r in dpm], [r["high"] - r["ratio"] for r in dpm]],
+                            label=f"DPM-Solver++ {order}M")
         ddpm = next(r for r in mine if r["sampler"] == "DDPM")
         ax.errorbar([ddpm["steps"]], [ddpm["ratio"]], fmt="k*", markersize=12, capsize=3, label="DDPM (Algorithm 2)",
                     yerr=[[ddpm["ratio"] - ddpm["low"]], [ddpm["high"] - ddpm["ratio"]]])
@@ -122,6 +136,8 @@ def main():
     parser.add_argument("--nb-generated", type=int, default=5000)
     parser.add_argument("--steps", default="10,20,50,100,200", help="DDIM step counts")
     parser.add_argument("--etas", default="0,1")
+    parser.add_argument("--dpm-steps", default="5,10,15,20,50", help="DPM-Solver++ step counts")
+    parser.add_argument("--dpm-orders", default="2,3", help="DPM-Solver++ orders (empty: none)")
     parser.add_argument("--seeds", default="0", help="noise seeds, each with its own fresh data for the distance")
     parser.add_argument("--threads", type=int, default=None, help="BLAS threads (default: the library's)")
     parser.add_argument("--out", default="runs/ddim")
@@ -140,7 +156,9 @@ def main():
     rows = []
     with backend.blas_threads(args.threads):
         for path in checkpoints:
-            rows += measure(path, args.nb_generated, steps, etas, [int(s) for s in args.seeds.split(",")])
+            rows += measure(path, args.nb_generated, steps, etas, [int(s) for s in args.seeds.split(",")],
+                            [int(s) for s in args.dpm_steps.split(",") if s],
+                            [int(k) for k in args.dpm_orders.split(",") if k])
     rows, per_seed = summary(rows), rows
     with open(os.path.join(args.out, "ddim_steps.md"), "w") as file:
         file.write(table(rows))
