@@ -25,9 +25,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from numpy_ddpm import backend, metrics  # noqa: E402
+from numpy_ddpm import backend  # noqa: E402
+from numpy_ddpm.evaluation import metrics  # noqa: E402
 from numpy_ddpm.diffusion import ddim_generate, generate  # noqa: E402
-from numpy_ddpm.dpm_solver import dpm_solver_generate  # noqa: E402
+from numpy_ddpm.diffusion.dpm_solver import dpm_solver_generate  # noqa: E402
 from numpy_ddpm.likelihood import load_model  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
 

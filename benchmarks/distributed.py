@@ -22,10 +22,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from numpy_ddpm import backend, data, distributed  # noqa: E402
+from numpy_ddpm import backend, data  # noqa: E402
+from numpy_ddpm.app import distributed  # noqa: E402
 from numpy_ddpm.models import convnet, mlp  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
-from numpy_ddpm.train import TrainConfig, Trainer  # noqa: E402
+from numpy_ddpm.app.train import TrainConfig, Trainer  # noqa: E402
 
 WORKLOADS = {   # name: (model, data, batch size, timed steps, quick timed steps)
     "conv net, digits 8x8, batch 128": (lambda: convnet(1, width=64, kernel_size=5),

@@ -39,11 +39,13 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 from recipes import CONFIGS, selection_parser  # noqa: E402
-from numpy_ddpm import backend, cli, data, metrics  # noqa: E402
-from numpy_ddpm.experiment import draw, train_config  # noqa: E402
+from numpy_ddpm import backend, data  # noqa: E402
+from numpy_ddpm.app import cli  # noqa: E402
+from numpy_ddpm.evaluation import metrics  # noqa: E402
+from numpy_ddpm.app.experiment import draw, train_config  # noqa: E402
 from numpy_ddpm.models import mlp  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
-from numpy_ddpm.train import Trainer  # noqa: E402
+from numpy_ddpm.app.train import Trainer  # noqa: E402
 
 N = 5000                  # points per draw, as recipes.py's runs generate
 
@@ -71,7 +73,7 @@ def model_scores(run_dir, args, nb_draws):
     dim = data.toy(args.data, 1).shape[1]
     model = mlp(dim, hidden=args.hidden, seed=args.seed)
     schedule = Schedule()
-    trainer = Trainer(model, schedule, train_config(args), {"model": f"mlp(dim={dim}, hidden={args.hidden})"})
+    trainer = Trainer(model, schedule, train_config(args))
     saved = trainer.load(os.path.join(run_dir, "checkpoint.npz"))
     trainer.finish()
     scores = []

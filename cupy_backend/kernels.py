@@ -5,7 +5,8 @@ and cached by cupy after their first compilation.
 
 import cupy
 
-from numpy_ddpm import diffusion, dpm_solver, optim
+from numpy_ddpm.diffusion import ddim, dpm_solver, sampling, training
+from numpy_ddpm.nn import optim
 
 # Adam, as optim.adam_update:
 #   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
@@ -41,7 +42,7 @@ def ema_update(average, param, decay):
     _ema(param, average.dtype.type(1 - decay), average)
 
 
-# q(x_t | x_0), as diffusion.q_sample:  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
+# q(x_t | x_0), as training.q_sample:  x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
 _q_sample = cupy.ElementwiseKernel(
     "T x0, T eps, T alpha_bar", "T xt",
     "xt = sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps;",
@@ -53,7 +54,7 @@ def q_sample(x0, t, eps, schedule):
     return _q_sample(x0, eps, alpha_bar)
 
 
-# One step of Algorithm 2, as diffusion.sampling_step:
+# One step of Algorithm 2, as sampling.sampling_step:
 #   x_{t-1} = (x_t - (1 - alpha_t) / sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_t) + sigma_t z
 _sampling_step = cupy.ElementwiseKernel(
     "T xt, T eps_hat, T z, T c_eps, T sqrt_alpha, T sigma", "T x",
@@ -74,7 +75,7 @@ def sampling_step(xt, eps_hat, z, t, schedule):
     return _sampling_step(xt, eps_hat, z, c_eps, sqrt_alpha, T(sigma))
 
 
-# One step of DDIM (eq. 12 of Song et al.), as diffusion.ddim_step:
+# One step of DDIM (eq. 12 of Song et al.), as ddim.ddim_step:
 #   x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t)
 #   x_prev = sqrt(alpha_bar_prev) x0_hat + sqrt(1 - alpha_bar_prev - sigma_t^2) eps_hat + sigma_t z
 _ddim_step = cupy.ElementwiseKernel(
@@ -93,7 +94,7 @@ _ddim_step_no_noise = cupy.ElementwiseKernel(
 
 
 def ddim_step(xt, eps_hat, z, t, t_prev, schedule, eta):
-    alpha_bar, alpha_bar_prev, sigma = diffusion.ddim_sigma(t, t_prev, schedule, eta)
+    alpha_bar, alpha_bar_prev, sigma = ddim.ddim_sigma(t, t_prev, schedule, eta)
     T = xt.dtype.type
     coefficients = (T((1 - alpha_bar) ** 0.5), T(alpha_bar ** 0.5), T(alpha_bar_prev ** 0.5),
                     T(max(0.0, 1 - alpha_bar_prev - sigma ** 2) ** 0.5))
@@ -129,9 +130,9 @@ def dpm_solver_update(xs, eps_hat, s, t, before, schedule):
 REFERENCES = {
     "adam_update": (adam_update, optim.adam_update),
     "ema_update": (ema_update, optim.ema_update),
-    "q_sample": (q_sample, diffusion.q_sample),
-    "sampling_step": (sampling_step, diffusion.sampling_step),
-    "ddim_step": (ddim_step, diffusion.ddim_step),
+    "q_sample": (q_sample, training.q_sample),
+    "sampling_step": (sampling_step, sampling.sampling_step),
+    "ddim_step": (ddim_step, ddim.ddim_step),
     "dpm_solver_update": (dpm_solver_update, dpm_solver.dpm_solver_update),
 }
 REGISTRY = {name: fused for name, (fused, _) in REFERENCES.items()}

@@ -1,5 +1,5 @@
 """The gradient all-reduce between GPUs: NCCL (through cupy.cuda.nccl) on the flat device
-buffer, with no copy to the host. Used by numpy_ddpm.distributed on the cupy backend.
+buffer, with no copy to the host. Used by numpy_ddpm.app.distributed on the cupy backend.
 
 MPI starts the processes and carries NCCL's unique id from rank 0 to the others; NCCL then
 moves the gradients itself (NVLink, PCIe or InfiniBand). Rank r works on CUDA device

@@ -12,7 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from numpy_ddpm import backend, cli, data  # noqa: E402
+from numpy_ddpm import backend, data  # noqa: E402
+from numpy_ddpm.app import cli  # noqa: E402
 from numpy_ddpm.diffusion import q_sample  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
 
@@ -30,7 +31,7 @@ def main():
     x0, _, _ = data.standardise(data.toy(args.data, args.nb_samples, seed=args.seed))
     os.makedirs(args.out, exist_ok=True)
 
-    from numpy_ddpm import plots
+    from numpy_ddpm.evaluation import plots
     schedule = Schedule()
     rng = backend.host_rng(args.seed)
     fig, axes = plots.plt.subplots(1, len(TIMES), figsize=(2 * len(TIMES), 2.4))

@@ -22,8 +22,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from numpy_ddpm import backend, cli, data, likelihood, plots, quality  # noqa: E402
-from numpy_ddpm.experiment import sample_again, train_and_sample  # noqa: E402
+from numpy_ddpm import backend, data, likelihood, quality  # noqa: E402
+from numpy_ddpm.app import cli  # noqa: E402
+from numpy_ddpm.evaluation import plots  # noqa: E402
+from numpy_ddpm.app.experiment import sample_again, train_and_sample  # noqa: E402
 from numpy_ddpm.models import convnet  # noqa: E402
 
 
@@ -84,21 +86,19 @@ def main():
     loaded = data.images(args.data, args.nb_samples, data_dir=args.data_dir, labels=args.conditional)
     x, labels = loaded if args.conditional else (loaded, None)                 # (N, 1, H, W), (N,) host
     K = NB_CLASSES if args.conditional else None
-    description = f"convnet(channels={x.shape[1]}, width={args.width}, kernel_size={args.kernel_size})"
     sample_labels = None
     if args.conditional:
-        description = f"{description[:-1]}, nb_classes={K})"
         per_class = -(-args.nb_generated // K)
         sample_labels = np.repeat(np.arange(K), per_class)          # one row of the grid per class
         args.nb_generated = len(sample_labels)
     model = convnet(x.shape[1], width=args.width, kernel_size=args.kernel_size, seed=args.seed, nb_classes=K)
-    meta = {"model": description, "data": args.data}
+    meta = {"data": args.data}
     # the CPU's BLAS threads: whichever count is faster now (two idle, one beside a busy program)
     generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads="auto",
                                                   labels=labels, sample_labels=sample_labels)
 
     if len(generated) >= 2:     # a Fréchet distance needs a covariance; the classifier trains once, then is cached
-        print(quality.format(quality.report(generated, args.data, labels=sample_labels, data_dir=args.data_dir)))
+        print(quality.summary(quality.report(generated, args.data, labels=sample_labels, data_dir=args.data_dir)))
     if not args.no_bound:       # bits/dim on images no run trains on (digits: the last 297; MNIST: its test split)
         held_out = data.held_out(args.data, args.data_dir)
         null = backend.asarray(np.full(len(held_out), K)) if args.conditional else None      # "no label"

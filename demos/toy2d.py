@@ -20,8 +20,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402
 
-from numpy_ddpm import backend, cli, data, exact, likelihood, metrics, plots  # noqa: E402
-from numpy_ddpm.experiment import train_and_sample  # noqa: E402
+from numpy_ddpm import backend, data, likelihood  # noqa: E402
+from numpy_ddpm.app import cli  # noqa: E402
+from numpy_ddpm.evaluation import exact, metrics, plots  # noqa: E402
+from numpy_ddpm.app.experiment import train_and_sample  # noqa: E402
 from numpy_ddpm.models import mlp  # noqa: E402
 
 
@@ -57,15 +59,13 @@ def main():
     cli.check_common(args)
 
     x, labels = data.toy_labelled(args.data, args.nb_samples, seed=args.seed)  # (N, D), (N,) host
-    description = f"mlp(dim={x.shape[1]}, hidden={args.hidden})"
     sample_labels = None
     if args.conditional:
-        description = f"{description[:-1]}, nb_classes={K})"
         # the classes spread evenly over the generated points, or --label for all
         sample_labels = np.full(args.nb_generated, args.label) if args.label is not None \
             else np.arange(args.nb_generated) % K
     model = mlp(x.shape[1], hidden=args.hidden, seed=args.seed, nb_classes=K if args.conditional else None)
-    meta = {"model": description, "data": args.data}
+    meta = {"data": args.data}
     # the MLP's small matrix products run faster on one BLAS thread than split over two; larger
     # batches take whichever is faster while training (two idle, one beside a busy program)
     threads = 1 if args.batch_size <= 256 else "auto"

@@ -21,7 +21,7 @@ from numpy_ddpm import backend, data  # noqa: E402
 from numpy_ddpm.diffusion import ddim_generate  # noqa: E402
 from numpy_ddpm.models import mlp  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
-from numpy_ddpm.train import TrainConfig, Trainer  # noqa: E402
+from numpy_ddpm.app.train import TrainConfig, Trainer  # noqa: E402
 
 BLAS = ThreadpoolController().select(user_api="blas")
 

@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from numpy_ddpm import backend
+from numpy_ddpm import backend, cpu
 
 from conftest import CUPY_SKIP
 
@@ -52,8 +52,10 @@ def test_precision_context():
     assert backend.dtype.__name__ == "float32"
 
 
-DEVICE_PATH = ["layers.py", "im2col.py", "optim.py", "diffusion.py", "dpm_solver.py", "schedule.py", "models.py",
-               "train.py"]
+DEVICE_PATH = ["nn/module.py", "nn/layers.py", "nn/conv.py", "nn/losses.py", "nn/im2col.py", "nn/winograd.py",
+               "nn/optim.py", "models/conditioning.py", "models/lecture.py", "diffusion/schedule.py",
+               "diffusion/training.py", "diffusion/sampling.py", "diffusion/ddim.py", "diffusion/dpm_solver.py",
+               "app/train.py"]
 
 
 def test_device_path_never_touches_host_numpy():
@@ -95,7 +97,7 @@ def faults_per_call(workload, reuse):
     import os
     import subprocess
     import sys
-    env = {**os.environ, backend.REUSE_MEMORY_VARIABLE: "1" if reuse else "0"}
+    env = {**os.environ, cpu.REUSE_MEMORY_VARIABLE: "1" if reuse else "0"}
     result = subprocess.run([sys.executable, "-c", FAULTS, workload], capture_output=True, text=True,
                             check=True, env=env)
     applied, per_call = result.stdout.split()
@@ -165,7 +167,7 @@ def test_training_with_auto_threads_is_bitwise_the_same():
     from numpy_ddpm import data
     from numpy_ddpm.models import mlp
     from numpy_ddpm.schedule import Schedule
-    from numpy_ddpm.train import ConfigError, TrainConfig, Trainer
+    from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer
     x = backend.asarray(data.standardise(data.toy("spiral", 512 * 60, seed=0))[0])
     weights = []
     for threads in (None, "auto"):

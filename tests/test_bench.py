@@ -55,7 +55,8 @@ def noise_module():
 def test_recipe_noise_redraws_a_runs_samples(tmp_path):
     """The fast recipe's flags reach the checkpoint, and recipe_noise's first draw from it
     reproduces the demo's own score; its other draws use other noise."""
-    from numpy_ddpm import checkpoint, cli
+    from numpy_ddpm.app import cli
+    from numpy_ddpm.nn import checkpoint
     noise = noise_module()
     flags = ["--data", "moons", "--seed", "1", "--recipe", "fast", "--nb-samples", "600", "--nb-epochs", "2"]
     out = str(tmp_path / "run")

@@ -24,7 +24,8 @@ import types
 import numpy as np
 import pytest
 
-from numpy_ddpm import checkpoint, distributed
+from numpy_ddpm.app import distributed
+from numpy_ddpm.nn import checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -88,7 +89,7 @@ def test_the_global_batch_is_dealt_in_contiguous_slices_differing_by_at_most_one
 
 
 def test_importing_numpy_ddpm_does_not_import_mpi4py():
-    code = ("import sys; import numpy_ddpm.cli, numpy_ddpm.experiment, numpy_ddpm.train; "
+    code = ("import sys; import numpy_ddpm.app.cli, numpy_ddpm.app.experiment, numpy_ddpm.app.train; "
             "assert 'mpi4py' not in sys.modules, 'imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr

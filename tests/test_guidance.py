@@ -9,12 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from numpy_ddpm import backend, checkpoint, data, gradcheck
+from numpy_ddpm import backend, data, gradcheck
+from numpy_ddpm.nn import checkpoint
 from numpy_ddpm.diffusion import ddim_generate, generate, guided_eps
 from numpy_ddpm.layers import LabelAppender
 from numpy_ddpm.models import convnet, mlp
 from numpy_ddpm.schedule import Schedule
-from numpy_ddpm.train import TrainConfig, Trainer, _skip_draws
+from numpy_ddpm.app.train import TrainConfig, Trainer, _skip_draws
 
 from conftest import to_np
 from test_diffusion import OptimalDenoiser
@@ -216,8 +217,9 @@ def test_conditional_training_draws_and_resume(tmp_path):
 
 def test_cond_drop_replaces_labels_by_the_null_class(monkeypatch):
     from numpy_ddpm import diffusion
+    from numpy_ddpm.diffusion import training
     seen = []
-    monkeypatch.setattr(diffusion, "loss_and_backward",
+    monkeypatch.setattr(training, "loss_and_backward",
                         lambda model, x0, t, eps, schedule, labels=None: seen.append(to_np(labels)) or 0.0)
 
     class Step:
@@ -344,7 +346,7 @@ def test_resuming_a_finished_run_only_samples(trained_runs):
     assert open(checkpoint_path, "rb").read() == before                   # no training step was taken
     assert not np.array_equal(samples["ddpm"], samples["ddim"])
     _, meta = checkpoint.load(os.path.join(conditional, "checkpoint.npz"))
-    assert meta["model"] == "mlp(dim=2, hidden=16, nb_classes=2)"
+    assert meta["model"] == {"name": "mlp", "kwargs": {"dim": 2, "hidden": 16, "nb_classes": 2}}
     result = run_demo("toy2d.py", "--data", "two_discs", "--conditional", "--label", "1", *TINY, "--out",
                       conditional, "--resume", os.path.join(conditional, "checkpoint.npz"),
                       "--sampler", "ddim", "--sampling-steps", "5")

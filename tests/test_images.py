@@ -12,7 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from numpy_ddpm import backend, checkpoint, data
+from numpy_ddpm import backend, data
+from numpy_ddpm.nn import checkpoint
 from numpy_ddpm.diffusion import generate, train_step
 from numpy_ddpm.models import convnet
 from numpy_ddpm.optim import Adam

@@ -11,7 +11,8 @@ import types
 import numpy as np
 import pytest
 
-from numpy_ddpm import backend, diffusion, dpm_solver, optim
+from numpy_ddpm import backend, diffusion, optim
+from numpy_ddpm.diffusion import dpm_solver
 from numpy_ddpm.schedule import Schedule
 
 

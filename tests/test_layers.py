@@ -148,7 +148,7 @@ def test_conv2d_against_loops(xp_backend, float64, N, C, O, H, W, K, P, columns)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(backend.asarray(x))
     np.testing.assert_allclose(to_np(y), naive_conv(x, to_np(layer.w), to_np(layer.b), P), rtol=1e-10, atol=1e-12)
-    assert (layer.col is not None) == (columns == "kept")
+    assert (layer.used.col is not None) == (columns == "kept")
     dy = rng.standard_normal(y.shape)
     dx = layer.backward(backend.asarray(dy))
     dx_ref, dw_ref, db_ref = naive_conv_backward(x, to_np(layer.w), P, dy)
@@ -266,7 +266,7 @@ def test_linear_initialisation_matches_pytorch_bounds():
 def test_shared_buffers_keep_padding_zero(float64):
     """Two convolutions sharing work buffers, whose padded inputs have the same shape but
     different paddings (10 + 2*1 = 8 + 2*2), still compute the convolution of each."""
-    from numpy_ddpm.im2col import Buffers, im2col
+    from numpy_ddpm.nn.im2col import Buffers, im2col
     rng = np.random.default_rng(11)
     shared = Buffers()
     a, b = rng.standard_normal((2, 3, 10, 10)), rng.standard_normal((2, 3, 8, 8))

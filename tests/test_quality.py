@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from numpy_ddpm import backend, classifier, quality
+from numpy_ddpm import backend, quality
+from numpy_ddpm.evaluation import classifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

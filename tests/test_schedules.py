@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend, data
-from numpy_ddpm.checkpoint import CheckpointError
+from numpy_ddpm.nn.checkpoint import CheckpointError
 from numpy_ddpm.diffusion import draw_timesteps
 from numpy_ddpm.models import mlp
 from numpy_ddpm.optim import ema_decay, learning_rate
 from numpy_ddpm.schedule import Schedule
-from numpy_ddpm.train import ConfigError, TrainConfig, Trainer
+from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer
 
 from conftest import to_np
 
@@ -108,7 +108,7 @@ def test_a_scheduled_run_resumes_exactly(tmp_path, t_power):
 
 
 def test_recipe_sets_what_was_not_given_explicitly():
-    from numpy_ddpm import cli
+    from numpy_ddpm.app import cli
     parser = cli.common_parser("test", recipes={"fast": dict(batch_size=1024, learning_rate=3e-3, ema_warmup=True)})
     lecture = cli.parse(parser, [])
     assert (lecture.batch_size, lecture.learning_rate, lecture.ema_warmup) == (25, 1e-3, False)

@@ -9,7 +9,7 @@ from numpy_ddpm import backend, data
 from numpy_ddpm.diffusion import generate
 from numpy_ddpm.models import convnet, mlp
 from numpy_ddpm.schedule import Schedule
-from numpy_ddpm.train import TrainConfig, Trainer
+from numpy_ddpm.app.train import TrainConfig, Trainer
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_training_and_sampling_stay_on_the_device(strict, tmp_path, make, shape)
 
 def test_toy_data_metric_path(strict):
     """The demos' host-side path: samples come back with to_numpy before any host math."""
-    from numpy_ddpm import metrics
+    from numpy_ddpm.evaluation import metrics
     samples = backend.asarray(data.toy("moons", 200))
     d, floor = metrics.distance_to_data(backend.to_numpy(samples), "moons")
     assert d > 0 and floor > 0

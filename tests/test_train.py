@@ -7,12 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from numpy_ddpm import backend, data, metrics
-from numpy_ddpm.checkpoint import CheckpointError
+from numpy_ddpm import backend, data
+from numpy_ddpm.evaluation import metrics
+from numpy_ddpm.nn.checkpoint import CheckpointError
 from numpy_ddpm.diffusion import generate
 from numpy_ddpm.models import mlp
 from numpy_ddpm.schedule import Schedule
-from numpy_ddpm.train import ConfigError, TrainConfig, Trainer, TrainingStopped
+from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer, TrainingStopped
 
 from conftest import to_np
 
@@ -195,6 +196,6 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert stderr.strip().splitlines()[-1].startswith("stopped: interrupted at step")
-    from numpy_ddpm import checkpoint
+    from numpy_ddpm.nn import checkpoint
     _, meta = checkpoint.load(str(out / "checkpoint.npz"))
     assert meta["step"] > 0 and meta["step"] == int(stderr.split("interrupted at step ")[1].split(";")[0])

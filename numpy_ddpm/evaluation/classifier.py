@@ -49,9 +49,9 @@ import json
 import math
 import os
 
-from . import backend, checkpoint, data
-from .layers import Dropout, Linear, ReLU, Sequential, SoftmaxCrossEntropy
-from .optim import Adam, learning_rate as learning_rate_at
+from .. import backend, data
+from ..nn import Dropout, Linear, ReLU, Sequential, SoftmaxCrossEntropy, checkpoint
+from ..nn.optim import Adam, learning_rate as learning_rate_at
 
 
 SETTINGS = {    # data set -> the network (hidden widths, dropout), the transforms of its training images, Adam

@@ -7,8 +7,8 @@ the samples are as good as a fresh draw of the data.
 
 import math
 
-from . import backend
-from .data import toy
+from .. import backend
+from ..data import toy
 
 
 def wasserstein_1d(a, b):

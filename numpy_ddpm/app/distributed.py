@@ -22,13 +22,14 @@ import sys
 import time
 import traceback
 
-from . import backend
+from .. import backend
+from ..errors import Error
 
 LAUNCH_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS")
 FAILURE_GRACE_S = 3.0       # how long a failing rank waits to see whether every rank failed alike
 
 
-class DistributedError(RuntimeError):
+class DistributedError(Error, RuntimeError):
     """--distributed cannot run as asked (no MPI launch, no mpi4py, ranks started differently)."""
 
 

@@ -5,10 +5,11 @@ import json
 import os
 import zipfile
 
-from . import backend
+from .. import backend
+from ..errors import Error
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error, ValueError):
     """A checkpoint that cannot be used: missing, truncated, foreign or from another model."""
 
 

@@ -9,8 +9,18 @@ TimeAppender adds K + 1 one-hot columns (or channels), and the first layer grows
 inputs. `model.nb_classes` is K (None: unconditional, today's model, parameter for parameter).
 """
 
-from . import backend
-from .layers import Conv2d, LabelAppender, Linear, ReLU, Sequential, TimeAppender
+from .. import backend
+from ..nn import Conv2d, Linear, ReLU, Sequential
+from .conditioning import LabelAppender, TimeAppender
+
+
+class Denoiser(Sequential):
+    """A Sequential that says what it is: `description` ({"name": ..., "kwargs": ...}, from
+    which models.build makes it again) and `nb_classes` (K, or None: unconditional)."""
+
+    def __init__(self, layers, description, nb_classes=None):
+        super().__init__(*layers)
+        self.description, self.nb_classes = description, nb_classes
 
 
 def _appenders(nb_classes):
@@ -20,21 +30,24 @@ def _appenders(nb_classes):
     return [TimeAppender(), LabelAppender(nb_classes)], 1 + nb_classes + 1
 
 
+def _description(name, **kwargs):
+    return {"name": name, "kwargs": {key: value for key, value in kwargs.items() if value is not None}}
+
+
 def mlp(dim, hidden=256, seed=0, nb_classes=None):
     """TimeAppender, then Linear(dim + 1, hidden), ReLU, twice Linear(hidden, hidden), ReLU,
     and Linear(hidden, dim): the lecture's model for vectors. x: (N, dim). With nb_classes=K,
     a LabelAppender follows the TimeAppender and the first layer is Linear(dim + 1 + K + 1, hidden)."""
     rng = backend.host_rng(seed)
     appenders, extra = _appenders(nb_classes)
-    model = Sequential(
+    layers = [
         *appenders,
         Linear(dim + extra, hidden, rng), ReLU(),
         Linear(hidden, hidden, rng), ReLU(),
         Linear(hidden, hidden, rng), ReLU(),
         Linear(hidden, dim, rng),
-    )
-    model.nb_classes = nb_classes
-    return model
+    ]
+    return Denoiser(layers, _description("mlp", dim=dim, hidden=hidden, nb_classes=nb_classes), nb_classes)
 
 
 def convnet(channels, width=64, kernel_size=5, seed=0, nb_classes=None):
@@ -49,6 +62,6 @@ def convnet(channels, width=64, kernel_size=5, seed=0, nb_classes=None):
     for _ in range(5):
         layers += [Conv2d(width, width, kernel_size, padding, rng), ReLU()]
     layers.append(Conv2d(width, channels, kernel_size, padding, rng))
-    model = Sequential(*layers)
-    model.nb_classes = nb_classes
-    return model
+    description = _description("convnet", channels=channels, width=width, kernel_size=kernel_size,
+                               nb_classes=nb_classes)
+    return Denoiser(layers, description, nb_classes)

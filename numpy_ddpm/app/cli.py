@@ -4,12 +4,14 @@ import argparse
 import os
 import sys
 
-from . import backend, distributed
-from .optim import LR_SCHEDULES
-from .schedule import Schedule
+from .. import backend
+from ..errors import Error
+from ..diffusion.schedule import Schedule
+from ..nn.optim import LR_SCHEDULES
+from . import distributed
 
 
-class UserError(Exception):
+class UserError(Error):
     """Something the user asked for cannot be done; its message is one sentence."""
 
 
@@ -140,14 +142,12 @@ def check_sampling(args, T):
 
 
 def run(main):
-    """Call main(); a user error becomes one line on stderr and exit status 2."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .train import ConfigError, TrainingStopped
+    """Call main(); an error of the library (errors.Error: a bad flag, a missing file, a backend
+    this machine lacks) becomes one line on stderr and exit status 2."""
+    from .train import TrainingStopped
     try:
         main()
-    except (UserError, backend.BackendError, DataError, CheckpointError, ConfigError,
-            distributed.DistributedError) as error:
+    except Error as error:
         distributed.end(f"error: {error}", 2)        # one process: print and exit
     except OSError as error:          # an unwritable --out, a full disk
         distributed.end(f"error: {error}", 2)

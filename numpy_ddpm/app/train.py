@@ -9,13 +9,15 @@ import signal
 
 from tqdm.auto import tqdm
 
-from . import backend, checkpoint
-from .diffusion import draw_timesteps, loss_and_backward, train_step
+from .. import backend, cpu
+from ..errors import Error
+from ..diffusion import draw_timesteps, loss_and_backward, train_step
+from ..nn import checkpoint
+from ..nn.optim import EMA, LR_SCHEDULES, Adam, ema_decay, learning_rate
 from .distributed import SINGLE
-from .optim import EMA, LR_SCHEDULES, Adam, ema_decay, learning_rate
 
 
-class ConfigError(ValueError):
+class ConfigError(Error, ValueError):
     """A training setting out of its range."""
 
 
@@ -71,7 +73,7 @@ class Trainer:
     def __init__(self, model, schedule, config, meta=None, comm=SINGLE):
         config.check()
         self.model, self.schedule, self.config = model, schedule, config
-        self.meta = dict(meta or {})
+        self.meta = {"model": getattr(model, "description", None), **(meta or {})}
         self.comm = comm      # the ranks of a distributed run (rank 0 alone writes), SINGLE in one process
         self.optimizer = Adam(model.flat_parameters(), lr=config.learning_rate)
         self.ema = EMA(model.flat_parameters(), decay=config.ema_decay)
@@ -138,7 +140,7 @@ class Trainer:
                    desc="training", unit="step", dynamic_ncols=True)
         try:
             check = functools.partial(self._step_products, x_train, labels)      # run only for "auto"
-            with backend.blas_threads(self.config.blas_threads, check=check) as tuner:
+            with cpu.blas_threads(self.config.blas_threads, check=check) as tuner:
                 self._run(x_train, labels, steps_per_epoch, total, bar, interrupted, checkpoint_path, log_path,
                           tuner.step)
         finally:

@@ -21,7 +21,7 @@ Integration (host numpy, float64):
 import functools
 import math
 
-from . import backend
+from .. import backend
 
 # density p(x) of x (N, D) float64, the box (low, high) per axis holding its support (or all
 # but a negligible tail), and the breakpoints of 1-D densities

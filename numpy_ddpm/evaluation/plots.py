@@ -11,7 +11,7 @@ if "DISPLAY" not in os.environ and sys.platform not in ("darwin", "win32"):
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import animation  # noqa: E402
 
-from . import backend  # noqa: E402
+from .. import backend  # noqa: E402
 
 TRAJECTORY_TIMES = [1000, 875, 750, 625, 500, 375, 250, 125, 0]
 

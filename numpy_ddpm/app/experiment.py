@@ -7,12 +7,12 @@ import time
 
 from tqdm.auto import tqdm
 
-from . import backend, distributed, plots
-from .checkpoint import CheckpointError
-from .data import standardise
-from .diffusion import ddim_generate, generate, guided_eps
-from .dpm_solver import dpm_solver_generate
-from .schedule import Schedule
+from .. import backend, cpu
+from ..data import standardise
+from ..diffusion import Schedule, ddim_generate, dpm_solver_generate, generate, guided_eps
+from ..evaluation import plots
+from ..nn.checkpoint import CheckpointError
+from . import distributed
 from .train import TrainConfig, Trainer
 
 TRAJECTORY_EVERY = 5      # record x_t every that many steps for the GIF (and at the strip's times)
@@ -79,7 +79,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
         finally:
             model.train(training)
 
-    with backend.blas_threads("auto" if blas_threads == "auto" else None, probe=5, every=100,
+    with cpu.blas_threads("auto" if blas_threads == "auto" else None, probe=5, every=100,
                               check=products) as tuner:
         x = draw(args, model, schedule, shape, rng, mine, args.guidance, progress=progress,
                  callback=record if args.trajectory else None)

@@ -23,8 +23,9 @@ x0_hat of the one or two steps before (orders 2 and 3: "multistep", one model ev
 
 import math
 
-from . import backend
-from .diffusion import ddim_timesteps, guided_eps
+from .. import backend
+from .ddim import ddim_timesteps
+from .sampling import reverse_process
 
 
 def dpm_timesteps(T, nb_steps, spacing="trailing"):
@@ -165,23 +166,16 @@ def dpm_solver_generate(model, shape, schedule, rng, nb_steps=20, order=2, spaci
         raise ValueError(f"DPM-Solver++ has orders 1, 2 and 3, not {order}")
     taus = dpm_timesteps(schedule.T, nb_steps, spacing).tolist()       # on the host
     orders = solver_orders(len(taus), order, lower_order_final)
-    steps = list(zip(taus, taus[1:] + [-1], orders))                    # (s, t, order of the step)
-    training = getattr(model, "training", True)
-    if hasattr(model, "train"):
-        model.train(False)
-    try:
-        update = backend.fused("dpm_solver_update", dpm_solver_update)
-        x = rng.standard_normal(shape, dtype=backend.dtype)             # x_T ~ N(0, I)
-        if callback is not None:
-            callback(schedule.T, x)
-        before = []                                                     # (s_i, x0_hat_i), newest first
-        for s, t, k in (progress(steps) if progress else steps):
-            eps_hat = guided_eps(model, x, schedule.network_time(s), labels, guidance)
-            x, x0_hat = update(x, eps_hat, s, t, before[:k - 1], schedule)
-            before = [(s, x0_hat)] + before[:1]
-            if callback is not None:
-                callback(t + 1, x)
-    finally:
-        if hasattr(model, "train"):
-            model.train(training)
-    return x
+    update = backend.fused("dpm_solver_update", dpm_solver_update)
+    orders = iter(orders)
+    before = []                                                         # (s_i, x0_hat_i), newest first
+
+    def step(x, eps_hat, s, t):
+        nonlocal before
+        k = next(orders)                                                # this step's order
+        x, x0_hat = update(x, eps_hat, s, t, before[:k - 1], schedule)
+        before = [(s, x0_hat)] + before[:1]
+        return x
+
+    steps = list(zip(taus, taus[1:] + [-1]))                            # (s, t)
+    return reverse_process(model, shape, schedule, rng, steps, step, progress, callback, labels, guidance)

@@ -1,0 +1,78 @@
+"""The dense layers: Linear, ReLU and Dropout, each backward under its forward.
+
+Parameters follow PyTorch's shapes and initialisation (uniform in +-1/sqrt(fan_in) for weight
+and bias), so a model trains like the lecture's PyTorch code.
+"""
+
+import math
+
+from .. import backend
+from .module import Module
+
+
+def uniform(rng, bound, shape):
+    """U(-bound, bound) drawn on the host with `rng`, as a backend array of the working dtype."""
+    return backend.asarray(rng.uniform(-bound, bound, shape), dtype=backend.dtype)
+
+
+class Linear(Module):
+    """y = x w^T + b
+
+    x: (N, D_in)   w: (D_out, D_in)   b: (D_out,)   y: (N, D_out)
+    """
+
+    param_names = {"w": "weight", "b": "bias"}
+
+    def __init__(self, d_in, d_out, rng=None):
+        rng = rng if rng is not None else backend.host_rng()
+        bound = 1 / math.sqrt(d_in)
+        self.w = uniform(rng, bound, (d_out, d_in))
+        self.b = uniform(rng, bound, (d_out,))
+        self.dw = backend.xp.zeros_like(self.w)
+        self.db = backend.xp.zeros_like(self.b)
+        self.scratch = backend.xp.empty_like(self.w)   # for dy^T x: no fresh (D_out, D_in) array per step
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.w.T + self.b
+
+    def backward(self, dy):
+        self.dw += backend.xp.matmul(dy.T, self.x, out=self.scratch)    # dL/dw = dy^T x  (D_out, D_in)
+        self.db += dy.sum(axis=0)                                       # dL/db = sum_n dy (D_out,)
+        return dy @ self.w                                              # dL/dx = dy w     (N, D_in)
+
+
+class ReLU(Module):
+    """y = max(x, 0), any shape."""
+
+    def forward(self, x):
+        self.y = backend.xp.maximum(x, 0)
+        return self.y
+
+    def backward(self, dy):
+        return dy * (self.y > 0)            # dy/dx = 1 where x > 0, else 0
+
+
+class Dropout(Module):
+    """Inverted dropout (Srivastava et al., 2014), any shape: while training,
+
+        y = x * mask,   mask = keep / (1 - p),   keep ~ Bernoulli(1 - p) for each element,
+
+    so E[y] = x and evaluation (`train(False)`) is the identity. A fresh mask is drawn at every
+    forward pass from `rng`, a generator of the backend (backend.default_rng).
+    """
+
+    def __init__(self, p, rng):
+        if not 0 <= p < 1:
+            raise ValueError(f"the dropout probability must be in [0, 1), not {p}")
+        self.p, self.rng = p, rng
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        keep = self.rng.random(x.shape, dtype=x.dtype) >= self.p
+        self.mask = keep.astype(x.dtype) / (1 - self.p)
+        return x * self.mask
+
+    def backward(self, dy):
+        return dy * self.mask               # dy/dx = mask: the dropped elements pass no gradient
