@@ -1,6 +1,7 @@
 """Conv2d: a 2-D convolution with its two algorithms, im2col (the reference) and Winograd."""
 
 import math
+import numbers
 
 from .. import backend
 from . import winograd
@@ -10,17 +11,21 @@ from .module import Module
 
 
 class Conv2d(Module):
-    """2-D convolution (a cross-correlation, as in PyTorch), stride 1, zero padding P.
+    """2-D convolution (a cross-correlation, as in PyTorch), zero padding P, stride S.
 
     x: (N, C, H, W)   w: (O, C, KH, KW)   b: (O,)   y: (N, O, OH, OW)
-    OH = H + 2*P - KH + 1,  OW = W + 2*P - KW + 1
+    OH = (H + 2*P - KH) // S + 1,  OW = (W + 2*P - KW) // S + 1
+
+    Stride 2 with a 3x3 kernel and padding 1 halves the image (28 -> 14 -> 7): the U-Net's
+    down-sampling in Ho et al. (2020).
 
     `algorithm` says how it is computed: "im2col", im2col + one matrix product (im2col.py, the
     reference); "winograd", Winograd's F(4x4, r x r) on stacked tiles (winograd.py; kernel
-    sizes 3 and 5), fewer multiplications; "auto", Winograd on the numpy backend in float32 for
-    the kernel sizes it supports, im2col elsewhere (so the float64 gradient checks and the GPU
-    run the reference). Each algorithm keeps what its backward needs; how much memory that
-    takes, and the batch chunking that bounds it, is told in im2col.py's Im2colConvolution.
+    sizes 3 and 5, stride 1), fewer multiplications; "auto", Winograd on the numpy backend in
+    float32 where it applies, im2col elsewhere (so the float64 gradient checks, the GPU and the
+    strided convolutions run the reference). Each algorithm keeps what its backward needs; how
+    much memory that takes, and the batch chunking that bounds it, is told in im2col.py's
+    Im2colConvolution.
     `work_buffers` holds the arrays needed only for a moment; the root of a model gives all its
     convolutions one shared set (Module.flatten).
     """
@@ -29,7 +34,9 @@ class Conv2d(Module):
     max_col_bytes = 256 * 2**20     # process the batch in chunks above this
     max_kept_bytes = 256 * 2**20    # keep the columns for backward up to this
 
-    def __init__(self, c_in, c_out, kernel_size, padding=0, rng=None, algorithm="auto"):
+    def __init__(self, c_in, c_out, kernel_size, padding=0, rng=None, algorithm="auto", stride=1):
+        if not isinstance(stride, numbers.Integral) or stride < 1:
+            raise ValueError(f"stride must be a positive integer, not {stride!r}")
         if not 0 <= padding < kernel_size:
             raise ValueError(f"padding must be in [0, kernel_size), not {padding}")
         if algorithm not in ("auto", "im2col", "winograd"):
@@ -37,11 +44,14 @@ class Conv2d(Module):
         if algorithm == "winograd" and not winograd.supports(kernel_size):
             raise ValueError(f"Winograd's transforms are defined here for kernel sizes "
                              f"{sorted(winograd.POINTS)}, not {kernel_size}")
+        if algorithm == "winograd" and stride != 1:
+            raise ValueError(f"Winograd's convolution is defined here for stride 1 only, not stride {stride}")
         self.algorithm = algorithm
         self._im2col, self._winograd = Im2colConvolution(), winograd.WinogradConvolution()
         rng = rng if rng is not None else backend.host_rng()
         self.KH = self.KW = kernel_size
         self.P = padding
+        self.S = int(stride)
         bound = 1 / math.sqrt(c_in * kernel_size * kernel_size)
         self.w = uniform(rng, bound, (c_out, c_in, kernel_size, kernel_size))
         self.b = uniform(rng, bound, (c_out,))
@@ -53,7 +63,7 @@ class Conv2d(Module):
     def _col_bytes(self, x_shape):
         """The size of the column matrix of a batch of this shape."""
         N, C, H, W = x_shape
-        OH, OW = output_size(H, W, self.KH, self.KW, self.P)
+        OH, OW = output_size(H, W, self.KH, self.KW, self.P, self.S)
         return N * C * self.KH * self.KW * OH * OW * self.w.itemsize
 
     def _chunks(self, x_shape):
@@ -64,7 +74,7 @@ class Conv2d(Module):
 
     def algorithm_for(self, x):
         """The algorithm object that computes this layer on input x (see `algorithm`)."""
-        if self.algorithm == "winograd" or (self.algorithm == "auto" and backend.name == "numpy"
+        if self.algorithm == "winograd" or (self.algorithm == "auto" and self.S == 1 and backend.name == "numpy"
                                             and x.dtype == backend.xp.float32 and winograd.supports(self.KH)):
             return self._winograd
         return self._im2col

@@ -6,22 +6,25 @@ Notation:
     H, W    input height and width
     KH, KW  kernel height and width
     P       zero padding on each side
-    OH, OW  output height and width, OH = H + 2*P - KH + 1, OW = W + 2*P - KW + 1 (stride 1)
+    S       stride
+    OH, OW  output height and width, OH = (H + 2*P - KH) // S + 1, OW = (W + 2*P - KW) // S + 1
 
 The column matrix has one row per (c, i, j), a channel and a kernel offset, in the order of
 `w.reshape(O, C*KH*KW)`, and one column per (n, oh, ow), an output position:
 
-    col[(c, i, j), (n, oh, ow)] = x_padded[n, c, oh + i, ow + j]
+    col[(c, i, j), (n, oh, ow)] = x_padded[n, c, S*oh + i, S*ow + j]
 
 so a convolution is `w.reshape(O, C*KH*KW) @ col`, an (O, N*OH*OW) matrix. Its input
-gradient is a convolution too (see Im2colConvolution.backward), so im2col serves both directions.
+gradient is the transposed convolution, `col2im(w.reshape(O, -1).T @ dy)`: col2im, the adjoint
+of im2col, adds each column entry back onto the input entry it was copied from. At stride 1
+that is itself a convolution (of dy with the turned kernel, see Im2colConvolution.backward),
+so im2col serves both directions there; col2im serves strides above 1.
 
 Putting the batch inside the columns (channel-first, "C N H W") makes every product one
 large matrix product and spares the transposed copies a per-image layout would need.
 im2col loops over the KH*KW kernel offsets and copies one strided slice each: every element
-of `col` is written exactly once, and the same code runs unchanged on cupy arrays. (The
-textbook col2im, the adjoint that scatters column gradients back onto the image, is not
-needed: the input gradient is computed as a convolution, see Im2colConvolution.backward.)
+of `col` is written exactly once; col2im adds the same slices back with `+=`. The same code
+runs unchanged on cupy arrays.
 """
 
 import math
@@ -66,9 +69,9 @@ def _array(buffers, name, shape, dtype, zeros=False):
 SHORT_ROWS = 16     # below this output width, im2col copies in two passes (measured 1.8x faster at 8x8)
 
 
-def output_size(H, W, KH, KW, P):
-    """OH = H + 2*P - KH + 1, OW = W + 2*P - KW + 1."""
-    return H + 2 * P - KH + 1, W + 2 * P - KW + 1
+def output_size(H, W, KH, KW, P, S=1):
+    """OH = (H + 2*P - KH) // S + 1, OW = (W + 2*P - KW) // S + 1."""
+    return (H + 2 * P - KH) // S + 1, (W + 2 * P - KW) // S + 1
 
 
 def pad_channel_first(x, P, buffers=None):
@@ -81,13 +84,17 @@ def pad_channel_first(x, P, buffers=None):
     return x_padded
 
 
-def im2col(x, KH, KW, P, buffers=None):
+def im2col(x, KH, KW, P, buffers=None, S=1):
     """x: (N, C, H, W) -> col: (C*KH*KW, N*OH*OW)."""
     N, C, H, W = x.shape
-    OH, OW = output_size(H, W, KH, KW, P)
+    OH, OW = output_size(H, W, KH, KW, P, S)
     x_padded = pad_channel_first(x, P, buffers)                         # (C, N, H+2P, W+2P)
     col = _array(buffers, "col", (C, KH, KW, N, OH, OW), x.dtype)
-    if OW >= SHORT_ROWS:
+    if S > 1:
+        for i in range(KH):
+            for j in range(KW):
+                col[:, i, j] = x_padded[:, :, i:i + S * (OH - 1) + 1:S, j:j + S * (OW - 1) + 1:S]   # (C, N, OH, OW)
+    elif OW >= SHORT_ROWS:
         for i in range(KH):
             for j in range(KW):
                 col[:, i, j] = x_padded[:, :, i:i + OH, j:j + OW]       # (C, N, OH, OW)
@@ -100,6 +107,23 @@ def im2col(x, KH, KW, P, buffers=None):
         for i in range(KH):
             col[:, i] = x_shifted[:, :, :, i:i + OH]                    # (C, KW, N, OH, OW)
     return col.reshape(C * KH * KW, N * OH * OW)
+
+
+def col2im(col, x_shape, KH, KW, P, buffers=None, S=1):
+    """The adjoint of im2col: col: (C*KH*KW, N*OH*OW) -> dx: (N, C, H, W), x_shape = (N, C, H, W).
+
+    Each entry of col goes back, added, to the entry of x_padded that im2col copied it from:
+        dx_padded[n, c, S*oh + i, S*ow + j] += col[(c, i, j), (n, oh, ow)]
+    then the padding is cropped. Windows overlap where S < KH, so entries add up."""
+    N, C, H, W = x_shape
+    OH, OW = output_size(H, W, KH, KW, P, S)
+    col = col.reshape(C, KH, KW, N, OH, OW)
+    dx_padded = _array(buffers, "dx_padded", (C, N, H + 2 * P, W + 2 * P), col.dtype)
+    dx_padded[...] = 0
+    for i in range(KH):
+        for j in range(KW):
+            dx_padded[:, :, i:i + S * (OH - 1) + 1:S, j:j + S * (OW - 1) + 1:S] += col[:, i, j]   # (C, N, OH, OW)
+    return dx_padded[:, :, P:P + H, P:P + W].transpose(1, 0, 2, 3)       # (N, C, H, W)
 
 
 class Im2colConvolution:
@@ -118,16 +142,16 @@ class Im2colConvolution:
     col = None      # the columns kept from forward for backward, or None
 
     def forward(self, layer, x):
-        N, C, H, W = x.shape
+        N, _, H, W = x.shape
         O = layer.w.shape[0]
-        OH, OW = output_size(H, W, layer.KH, layer.KW, layer.P)
+        OH, OW = output_size(H, W, layer.KH, layer.KW, layer.P, layer.S)
         w = layer.w.reshape(O, -1)                                         # (O, C*KH*KW)
         y = backend.xp.empty((O, N, OH, OW), dtype=x.dtype)
         chunks = layer._chunks(x.shape)
         keep = layer.training and len(chunks) == 1 and layer._col_bytes(x.shape) <= layer.max_kept_bytes
         buffers = layer.buffers if keep else layer.work_buffers
         for n0, n1 in chunks:
-            col = im2col(x[n0:n1], layer.KH, layer.KW, layer.P, buffers)   # (C*KH*KW, n*OH*OW)
+            col = im2col(x[n0:n1], layer.KH, layer.KW, layer.P, buffers, layer.S)   # (C*KH*KW, n*OH*OW)
             backend.xp.matmul(w, col, out=y[:, n0:n1].reshape(O, -1))      # y = w col
         y += layer.b.reshape(O, 1, 1, 1)
         layer.x = x
@@ -136,8 +160,9 @@ class Im2colConvolution:
 
     def backward(self, layer, dy):
         O, C, KH, KW = layer.w.shape
-        # dL/dx is the convolution of dy with the kernel turned by 180 degrees and its in and out
-        # channels swapped, padded by KH - 1 - P:
+        P, S = layer.P, layer.S
+        # At stride 1, dL/dx is the convolution of dy with the kernel turned by 180 degrees and its
+        # in and out channels swapped, padded by KH - 1 - P:
         #   dx[n, c, h, v] = sum_{o, i, j} dy_padded[n, o, h + i, v + j] w[o, c, KH-1-i, KW-1-j]
         w_turned = layer.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, -1)   # (C, O*KH*KW)
         layer.db += dy.sum(axis=(0, 2, 3))                                # dL/db = sum over n, oh, ow
@@ -145,11 +170,19 @@ class Im2colConvolution:
         N, _, H, W = layer.x.shape
         dx = backend.xp.empty((C, N, H, W), dtype=dy.dtype)
         for n0, n1 in layer._chunks(layer.x.shape):
-            col = self.col if self.col is not None else im2col(layer.x[n0:n1], KH, KW, layer.P, layer.work_buffers)
+            col = self.col if self.col is not None else im2col(layer.x[n0:n1], KH, KW, P, layer.work_buffers, S)
             dy_chunk = dy_t[:, n0:n1].reshape(O, -1)                      # (O, n*OH*OW)
             # dL/dw = dy col^T, computed as (col dy^T)^T: the operand order BLAS runs fastest
             layer.dw += (col @ dy_chunk.T).T.reshape(layer.dw.shape)
-            dy_col = im2col(dy[n0:n1], KH, KW, KH - 1 - layer.P, layer.work_buffers)  # (O*KH*KW, n*H*W)
-            backend.xp.matmul(w_turned, dy_col, out=dx[:, n0:n1].reshape(C, -1))     # dL/dx = w_turned dy_col
+            if S == 1:
+                dy_col = im2col(dy[n0:n1], KH, KW, KH - 1 - P, layer.work_buffers)    # (O*KH*KW, n*H*W)
+                backend.xp.matmul(w_turned, dy_col, out=dx[:, n0:n1].reshape(C, -1))     # dL/dx = w_turned dy_col
+            else:
+                # dL/dx: the transposed convolution, dcol = w^T dy, added back onto x by col2im.
+                # dcol takes the place of col in the work buffers: col is not read again.
+                dcol = _array(layer.work_buffers, "col", col.shape, dy.dtype)     # (C*KH*KW, n*OH*OW)
+                backend.xp.matmul(layer.w.reshape(O, -1).T, dy_chunk, out=dcol)
+                dx_chunk = col2im(dcol, layer.x[n0:n1].shape, KH, KW, P, layer.work_buffers, S)  # (n, C, H, W)
+                dx[:, n0:n1] = dx_chunk.transpose(1, 0, 2, 3)
         self.col = None
         return dx.transpose(1, 0, 2, 3)                                   # (N, C, H, W)
