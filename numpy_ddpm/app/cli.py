@@ -7,8 +7,8 @@ import sys
 from .. import backend
 from ..errors import Error
 from ..diffusion.schedule import Schedule
-from ..nn.optim import LR_SCHEDULES
 from . import distributed
+from .train import ConfigError, TrainConfig, TrainingStopped
 
 
 class UserError(Error):
@@ -18,8 +18,7 @@ class UserError(Error):
 def common_parser(description, recipes=None, **defaults):
     """The flags every demo has; `defaults` override the lecture's values. `recipes` maps a
     name to flag values that `--recipe NAME` sets (flags given explicitly still win)."""
-    d = dict(nb_epochs=100, nb_samples=25000, batch_size=25, learning_rate=1e-3, ema_decay=0.9999,
-             seed=0, nb_generated=1000, out="runs/demo")
+    d = dict(nb_samples=25000, nb_generated=1000, out="runs/demo")
     d.update(defaults)
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -30,21 +29,17 @@ def common_parser(description, recipes=None, **defaults):
                         help="let the GPU's float32 matrix products use TensorFloat-32 (cupy; off by default)")
     parser.add_argument("--no-fused", action="store_true",
                         help="run the plain reference code on the GPU, without the fused kernels")
-    parser.add_argument("--nb-epochs", type=int, default=d["nb_epochs"])
     parser.add_argument("--nb-samples", type=int, default=d["nb_samples"], help="size of the training set")
-    parser.add_argument("--batch-size", type=int, default=d["batch_size"])
-    parser.add_argument("--learning-rate", type=float, default=d["learning_rate"])
-    parser.add_argument("--ema-decay", type=float, default=d["ema_decay"])
-    parser.add_argument("--reset-adam-each-epoch", action="store_true",
-                        help="re-create Adam at every epoch, as the lecture's code does")
-    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                        help="learning rate after the warm-up: constant, or a cosine or linear decay to 0")
-    parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up from 0")
-    parser.add_argument("--ema-warmup", action="store_true",
-                        help="EMA decay min(--ema-decay, (1 + k) / (10 + k)) at step k: short runs forget their init")
-    parser.add_argument("--t-power", type=float, default=1.0,
-                        help="training time steps t = floor(T u^P): 1 uniform (the lecture's), "
-                             "above 1 small t more often")
+    training = parser.add_argument_group("training (app/train.py's TrainConfig)")
+    for field in TrainConfig.flags():         # each training setting is declared once, in TrainConfig
+        name, default = field.name, d.get(field.name, field.default)
+        flag, options = "--" + name.replace("_", "-"), {"help": field.metadata["help"]}
+        if "choices" in field.metadata:
+            options["choices"] = field.metadata["choices"]
+        if field.type in (bool, "bool"):
+            training.add_argument(flag, action="store_true", **options)
+        else:
+            training.add_argument(flag, type=type(default), default=default, **options)
     recipes = recipes or {}
     parser.add_argument("--recipe", choices=["lecture"] + list(recipes), default="lecture",
                         help="lecture: the lecture's settings; " + "; ".join(
@@ -52,7 +47,6 @@ def common_parser(description, recipes=None, **defaults):
                                                    for k, v in r.items())
                             for name, r in recipes.items()))
     parser.set_defaults(recipes=recipes)
-    parser.add_argument("--seed", type=int, default=d["seed"])
     parser.add_argument("--nb-generated", type=int, default=d["nb_generated"])
     parser.add_argument("--out", default=d["out"], help="directory for the plot, samples, checkpoint and log")
     parser.add_argument("--resume", metavar="CHECKPOINT", help="continue the run saved in CHECKPOINT")
@@ -77,8 +71,6 @@ def common_parser(description, recipes=None, **defaults):
                           help="train a class-conditional model (on a data set with classes)")
     guidance.add_argument("--guidance", type=float, default=1.0,
                           help="guidance scale s: 0 unconditional, 1 conditional, more: further from the other classes")
-    guidance.add_argument("--cond-drop", type=float, default=0.1,
-                          help="probability of training on 'no label' instead of the label")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel training over the ranks of mpiexec -n P (see numpy_ddpm/distributed.py)")
     return parser
@@ -99,11 +91,13 @@ def parse(parser, argv=None):
 
 
 def check_common(args):
-    for flag in ("nb_epochs", "nb_samples", "batch_size", "nb_generated"):
-        value = getattr(args, flag)
-        least = 0 if flag == "nb_epochs" else 1
-        if value < least:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least {least}, not {value}")
+    for flag in ("nb_samples", "nb_generated"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}")
+    try:
+        TrainConfig.from_flags(args).check()
+    except ConfigError as error:
+        raise UserError(f"--{error.setting.replace('_', '-')} {error.problem}") from None
     args.comm = distributed.connect(vars(args)) if args.distributed else distributed.SINGLE
     if args.distributed and args.backend == "cupy" and args.device is None:
         args.device = distributed.cuda_device(args.comm.rank)        # rank r: device r modulo the visible ones
@@ -135,8 +129,6 @@ def check_sampling(args, T):
                         "take fewer or --spacing trailing")
     if not args.guidance >= 0:
         raise UserError(f"--guidance must be 0 or more, not {args.guidance}")
-    if not 0 <= args.cond_drop <= 1:
-        raise UserError(f"--cond-drop must be in [0, 1], not {args.cond_drop}")
     if not args.conditional and (args.guidance != 1 or getattr(args, "label", None) is not None):
         raise UserError("--guidance and --label need --conditional (a class-conditional model)")
 
@@ -144,7 +136,6 @@ def check_sampling(args, T):
 def run(main):
     """Call main(); an error of the library (errors.Error: a bad flag, a missing file, a backend
     this machine lacks) becomes one line on stderr and exit status 2."""
-    from .train import TrainingStopped
     try:
         main()
     except Error as error:

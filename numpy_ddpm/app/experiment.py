@@ -96,11 +96,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
 
 def train_config(args, blas_threads=None):
     """The TrainConfig of the demo flags `args`."""
-    return TrainConfig(nb_epochs=args.nb_epochs, batch_size=args.batch_size,
-                       learning_rate=args.learning_rate, ema_decay=args.ema_decay, seed=args.seed,
-                       reset_adam_each_epoch=args.reset_adam_each_epoch, blas_threads=blas_threads,
-                       cond_drop=args.cond_drop, lr_schedule=args.lr_schedule,
-                       warmup_steps=args.warmup_steps, ema_warmup=args.ema_warmup, t_power=args.t_power)
+    return TrainConfig.from_flags(args, blas_threads=blas_threads)
 
 
 def draw(args, model, schedule, shape, rng, labels=None, guidance=1.0, progress=None, callback=None):

@@ -10,57 +10,90 @@ import signal
 from tqdm.auto import tqdm
 
 from .. import backend, cpu
+from .. import models
+from ..diffusion import loss_and_backward, train_step
 from ..errors import Error
-from ..diffusion import draw_timesteps, loss_and_backward, train_step
 from ..nn import checkpoint
 from ..nn.optim import EMA, LR_SCHEDULES, Adam, ema_decay, learning_rate
 from .distributed import SINGLE
 
 
 class ConfigError(Error, ValueError):
-    """A training setting out of its range."""
+    """A training setting out of its range; `setting` names it (the command line's flag)."""
+
+    def __init__(self, setting, problem):
+        super().__init__(f"{setting.replace('_', ' ')} {problem}")
+        self.setting, self.problem = setting, problem
 
 
 class TrainingStopped(RuntimeError):
     """Training stopped early (Ctrl-C or a non-finite loss); the message says what was kept."""
 
 
+def setting(default, help, flag=True, **argparse_options):
+    """A TrainConfig field: its default and its help; with `flag`, the command line has it as
+    --name-with-dashes (app/cli.py reads these fields, so each setting is declared once)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, **argparse_options})
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    nb_epochs: int = 100
-    batch_size: int = 25
-    learning_rate: float = 1e-3
-    ema_decay: float = 0.9999
-    seed: int = 0
-    reset_adam_each_epoch: bool = False   # the lecture's code re-creates Adam at every epoch
-    lr_schedule: str = "constant"         # "constant", "cosine" or "linear" decay (optim.learning_rate)
-    warmup_steps: int = 0                 # linear learning-rate warm-up from 0
-    ema_warmup: bool = False              # EMA decay min(ema_decay, (1 + k) / (10 + k)) at step k
-    log_every: int = 100                  # read the loss every that many steps (a device sync)
-    blas_threads: int | str | None = None  # CPU BLAS threads while training: None the default, "auto" backend.BlasTuner
-    cond_drop: float = 0.1                # conditional models: probability of "no label" (guidance)
-    t_power: float = 1.0                  # time steps t = floor(T u^t_power): 1 uniform (diffusion.draw_timesteps)
+    nb_epochs: int = setting(100, "passes over the training set")
+    batch_size: int = setting(25, "examples per step")
+    learning_rate: float = setting(1e-3, "Adam's learning rate (after the warm-up, before any decay)")
+    ema_decay: float = setting(0.9999, "decay of the exponential moving average of the weights")
+    seed: int = setting(0, "seed of the initialisation, the data, every draw of training and the sampling noise")
+    reset_adam_each_epoch: bool = setting(False, "re-create Adam at every epoch, as the lecture's code does")
+    lr_schedule: str = setting("constant", "learning rate after the warm-up: constant, or a cosine or linear "
+                               "decay to 0", choices=LR_SCHEDULES)
+    warmup_steps: int = setting(0, "linear learning-rate warm-up from 0, in steps")
+    ema_warmup: bool = setting(False, "EMA decay min(--ema-decay, (1 + k) / (10 + k)) at step k: short runs "
+                               "forget their initialisation")
+    t_power: float = setting(1.0, "training time steps t = floor(T u^P): 1 uniform (the lecture's), above 1 "
+                             "small t more often (diffusion.draw_timesteps)")
+    cond_drop: float = setting(0.1, "conditional models: probability of training on 'no label' instead of "
+                               "the label (classifier-free guidance)")
+    log_every: int = setting(100, "read the loss every that many steps (a device sync)", flag=False)
+    blas_threads: int | str | None = setting(None, "CPU BLAS threads while training: None the default, "
+                                             "'auto' cpu.BlasTuner, or a count", flag=False)
+
+    @classmethod
+    def flags(cls):
+        """The fields the command line has as flags, in order."""
+        return [field for field in dataclasses.fields(cls) if field.metadata["flag"]]
+
+    @classmethod
+    def from_flags(cls, args, **others):
+        """The TrainConfig of parsed command-line flags `args` (and of `others`, not flags)."""
+        return cls(**{field.name: getattr(args, field.name) for field in cls.flags()}, **others)
 
     def check(self):
-        if self.nb_epochs < 0:
-            raise ConfigError(f"the number of epochs must be 0 or more, not {self.nb_epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"the batch size must be at least 1, not {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"the learning rate must be positive, not {self.learning_rate}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"the EMA decay must be in [0, 1), not {self.ema_decay}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"unknown learning-rate schedule {self.lr_schedule!r}; "
-                              f"choose one of: {', '.join(LR_SCHEDULES)}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"the warm-up must be 0 steps or more, not {self.warmup_steps}")
-        if not 0 <= self.cond_drop <= 1:
-            raise ConfigError(f"the label drop probability must be in [0, 1], not {self.cond_drop}")
-        if not (self.blas_threads in (None, "auto") or isinstance(self.blas_threads, int) and self.blas_threads >= 1):
-            raise ConfigError(f"BLAS threads must be None, 'auto' or a count of 1 or more, not {self.blas_threads!r}")
-        if not self.t_power > 0:
-            raise ConfigError(f"the time-step power must be positive, not {self.t_power}")
+        problems = [
+            ("nb_epochs", self.nb_epochs >= 0, "must be at least 0"),
+            ("batch_size", self.batch_size >= 1, "must be at least 1"),
+            ("learning_rate", self.learning_rate > 0, "must be positive"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1)"),
+            ("lr_schedule", self.lr_schedule in LR_SCHEDULES, f"must be one of: {', '.join(LR_SCHEDULES)}"),
+            ("warmup_steps", self.warmup_steps >= 0, "must be at least 0"),
+            ("cond_drop", 0 <= self.cond_drop <= 1, "must be in [0, 1]"),
+            ("t_power", self.t_power > 0, "must be positive"),
+            ("log_every", self.log_every >= 1, "must be at least 1"),
+            ("blas_threads", self.blas_threads in (None, "auto") or isinstance(self.blas_threads, int)
+             and self.blas_threads >= 1, "must be None, 'auto' or a count of 1 or more"),
+        ]
+        for name, ok, rule in problems:
+            if not ok:
+                raise ConfigError(name, f"{rule}, not {getattr(self, name)!r}")
+
+
+DRAWS = "seed, step"       # what the generator of a step is seeded by (checkpoints before format 2: seed, epoch)
+STEP_DRAWS = 3_000_017      # keeps the steps' generators apart from the other streams of a seed
+
+
+def step_rng(seed, step):
+    """The generator of the draws of step `step` (0, 1, ...): seeded by (seed, step), so a
+    resumed run draws what an uninterrupted one would have, with no replay of earlier steps."""
+    return backend.default_rng(seed, STEP_DRAWS, step)
 
 
 class Trainer:
@@ -78,16 +111,20 @@ class Trainer:
         self.optimizer = Adam(model.flat_parameters(), lr=config.learning_rate)
         self.ema = EMA(model.flat_parameters(), decay=config.ema_decay)
         self.step = 0
+        self.resumable = True     # whether fit may continue self.step (a checkpoint's draws are this code's)
         self.losses = []      # (step, mean loss since the previous entry)
         self._logged = 0      # how many of them the log file has
 
     # Checkpoints -------------------------------------------------------------------------
 
     def state(self):
-        arrays = {"params": self.model.flat_params, "ema": self.ema.averages[0],
-                  "adam_m": self.optimizer.m[0], "adam_v": self.optimizer.v[0]}
-        meta = {**self.meta, "step": self.step, "adam_t": self.optimizer.t,
-                "config": dataclasses.asdict(self.config)}
+        """(arrays, meta) of a checkpoint: the weights, the EMA and Adam's moments (one flat
+        buffer each), and the step count, Adam's and the settings."""
+        adam, ema = self.optimizer.state(), self.ema.state()
+        (m,), (v,), (average,) = adam["m"], adam["v"], ema["averages"]      # one flat buffer each
+        arrays = {"params": self.model.flat_params, "ema": average, "adam_m": m, "adam_v": v}
+        meta = {**self.meta, "step": self.step, "adam_t": adam["t"], "config": dataclasses.asdict(self.config),
+                "draws": DRAWS}
         return arrays, meta
 
     def save(self, path):
@@ -95,42 +132,54 @@ class Trainer:
         checkpoint.save(path, arrays, meta)
 
     def load(self, path):
+        """Take the run saved at `path` back: weights, EMA, Adam and step count. Refused in one
+        sentence if it holds another model, or was trained with settings that fix the draws or
+        the schedules differently. A checkpoint whose steps drew otherwise (written before the
+        draws of step k were seeded by (seed, k)) loads, and samples, but `fit` will not train
+        it further."""
         arrays, meta = checkpoint.load(path)
-        if meta.get("model") != self.meta.get("model"):
+        saved_model = meta.get("model")
+        if meta["format"] == checkpoint.READABLE[0]:     # format 1 described it as "mlp(dim=2, hidden=256)"
+            saved_model = models.parse_description(saved_model)
+        if saved_model != self.meta.get("model"):
             raise checkpoint.CheckpointError(
-                f"{path} holds a different model ({meta.get('model')}), not {self.meta.get('model')}")
+                f"{path} holds a different model ({saved_model}), not {self.meta.get('model')}")
         if arrays["params"].shape != self.model.flat_params.shape:
             raise checkpoint.CheckpointError(f"{path} does not match this model's parameter count")
         # the step count maps to (epoch, batch) through the batch size and seed, to the
         # learning rate and EMA decay through their schedules (and, when it decays, the length),
-        # and the generator's state to the draws of t through t_power
+        # and to the draws of t through t_power
         settings = ["batch_size", "seed", "lr_schedule", "warmup_steps", "ema_warmup", "t_power"]
         if self.config.lr_schedule != "constant":
             settings.append("nb_epochs")
-        for setting in settings:
-            saved = meta["config"].get(setting, TrainConfig.__dataclass_fields__[setting].default)
-            if saved != getattr(self.config, setting):
+        for name in settings:
+            saved = meta["config"].get(name, TrainConfig.__dataclass_fields__[name].default)
+            if saved != getattr(self.config, name):
                 raise checkpoint.CheckpointError(
-                    f"{path} was trained with {setting.replace('_', ' ')} {saved}: resume with the same")
+                    f"{path} was trained with {name.replace('_', ' ')} {saved}: resume with the same")
         self.model.flat_params[...] = backend.asarray(arrays["params"])
-        self.ema.averages[0][...] = backend.asarray(arrays["ema"])
-        self.optimizer.m[0][...] = backend.asarray(arrays["adam_m"])
-        self.optimizer.v[0][...] = backend.asarray(arrays["adam_v"])
-        self.optimizer.t = meta["adam_t"]
+        self.ema.load_state({"averages": [arrays["ema"]]})
+        self.optimizer.load_state({"t": meta["adam_t"], "m": [arrays["adam_m"]], "v": [arrays["adam_v"]]})
         self.step = meta["step"]
+        self.resumable = meta.get("draws") == DRAWS
+        self.meta["model"] = saved_model
         return meta
 
     # Training ----------------------------------------------------------------------------
 
     def fit(self, x_train, checkpoint_path=None, log_path=None, progress=True, max_steps=None, labels=None):
         """Train on x_train (N, ...), a standardised backend array, up to config.nb_epochs
-        epochs (or `max_steps` in all). Resumes from self.step: epoch k's shuffle and noise come
-        from generators seeded by (seed, k), so a resumed run draws what an uninterrupted one
-        would have. Ctrl-C saves a checkpoint and raises TrainingStopped. `labels` (N,), a backend
+        epochs (or `max_steps` in all). Resumes from self.step: epoch e's shuffle comes from a
+        generator seeded by (seed, e) and step k's draws from one seeded by (seed, k) (step_rng),
+        so a resumed run draws what an uninterrupted one would have. Ctrl-C saves a checkpoint and raises TrainingStopped. `labels` (N,), a backend
         integer array, gives the class of each row to a conditional model."""
         config, N = self.config, x_train.shape[0]
         steps_per_epoch = math.ceil(N / config.batch_size)
         total = config.nb_epochs * steps_per_epoch if max_steps is None else max_steps
+        if self.step < total and not self.resumable:
+            raise checkpoint.CheckpointError(
+                "this checkpoint was written before the draws of a step were seeded by (seed, step): "
+                "it samples (resume it with its finished length), but cannot train further exactly")
         if log_path and self.comm.rank == 0 and (self.step == 0 or not os.path.exists(log_path)):
             with open(log_path, "w") as file:      # a new run starts a new log; a resumed one appends
                 file.write("step,loss\n")
@@ -170,12 +219,10 @@ class Trainer:
         while self.step < total:
             epoch, offset = divmod(self.step, steps_per_epoch)
             order = backend.asarray(backend.host_rng(config.seed, epoch).permutation(N))
-            rng = backend.default_rng(config.seed, epoch)
             if config.reset_adam_each_epoch and offset == 0:
                 self.optimizer.reset()
-            for _ in range(offset):            # resuming mid-epoch: replay the draws made
-                _skip_draws(rng, x_train, config.batch_size, self.schedule, labels is not None, config.t_power)
             for k in range(offset, steps_per_epoch):
+                rng = step_rng(config.seed, self.step)          # this step's draws: t, eps, label drops
                 rows = order[k * config.batch_size:(k + 1) * config.batch_size]
                 x0, y = x_train[rows], None if labels is None else labels[rows]
                 self.optimizer.lr = learning_rate(self.step + 1, config.learning_rate, config.lr_schedule,
@@ -217,14 +264,6 @@ class Trainer:
     def finish(self):
         """Copy the EMA weights into the model, as the lecture does after training."""
         self.ema.copy_to_model()
-
-
-def _skip_draws(rng, x_train, batch_size, schedule, conditional=False, t_power=1.0):
-    """The draws of one train_step: t, eps and, for a conditional model, the label drops."""
-    draw_timesteps(rng, schedule.T, batch_size, t_power)
-    rng.standard_normal((batch_size,) + x_train.shape[1:], dtype=x_train.dtype)
-    if conditional:
-        rng.random(batch_size)
 
 
 def _catch_sigint(flag):

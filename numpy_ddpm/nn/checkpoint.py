@@ -13,7 +13,8 @@ class CheckpointError(Error, ValueError):
     """A checkpoint that cannot be used: missing, truncated, foreign or from another model."""
 
 
-FORMAT = "numpy-ddpm checkpoint 1"
+FORMAT = "numpy-ddpm checkpoint 2"
+READABLE = ("numpy-ddpm checkpoint 1", FORMAT)      # 1: the model described as "mlp(dim=2, hidden=256)"
 
 
 def save(path, arrays, meta):
@@ -45,6 +46,6 @@ def load(path):
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as error:
         raise CheckpointError(f"{path} is not a readable numpy-ddpm checkpoint "
                               f"(truncated or foreign file: {error})") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READABLE:
         raise CheckpointError(f"{path} is not a numpy-ddpm checkpoint")
     return arrays, meta

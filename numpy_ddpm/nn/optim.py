@@ -59,6 +59,17 @@ class Adam:
         self.m = [backend.xp.zeros_like(param) for param, _ in self.params]
         self.v = [backend.xp.zeros_like(param) for param, _ in self.params]
 
+    def state(self):
+        """What a checkpoint keeps: {"t": the step count, "m": [...], "v": [...]}, the moments
+        of each array in the order of `params` (the live arrays: copy to keep them)."""
+        return {"t": self.t, "m": self.m, "v": self.v}
+
+    def load_state(self, state):
+        """Take a `state()` back (host or device arrays)."""
+        _copy_into(self.m, state["m"], "Adam's first moments")
+        _copy_into(self.v, state["v"], "Adam's second moments")
+        self.t = int(state["t"])
+
     def step(self):
         self.t += 1
         fused = backend.fused("adam_update", None)
@@ -85,7 +96,7 @@ class EMA:
     """Exponential moving average of the weights (decay 0.9999 in the lecture).
 
     `copy_to_model()` writes the averages into the model (what the lecture does at the end of
-    training); `swap()` exchanges weights and averages, so calling it twice restores both.
+    training).
     """
 
     def __init__(self, params, decay=0.9999):
@@ -106,11 +117,19 @@ class EMA:
         for average, param in zip(self.averages, self.params):
             param[...] = average
 
-    def swap(self):
-        for average, param in zip(self.averages, self.params):
-            saved = param.copy()
-            param[...] = average
-            average[...] = saved
+    def state(self):
+        """What a checkpoint keeps: {"averages": [...]}, in the order of `params`."""
+        return {"averages": self.averages}
+
+    def load_state(self, state):
+        _copy_into(self.averages, state["averages"], "the EMA's averages")
+
+
+def _copy_into(targets, sources, what):
+    if len(sources) != len(targets) or any(s.shape != t.shape for s, t in zip(sources, targets)):
+        raise ValueError(f"{what} do not match this model's parameters")
+    for target, source in zip(targets, sources):
+        target[...] = backend.asarray(source)
 
 
 # Schedules over the steps of a run -----------------------------------------------------------
