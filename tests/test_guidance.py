@@ -213,7 +213,7 @@ def test_cond_drop_replaces_labels_by_the_null_class(monkeypatch):
     from numpy_ddpm.diffusion import training
     seen = []
     monkeypatch.setattr(training, "loss_and_backward",
-                        lambda model, x0, t, eps, schedule, labels=None: seen.append(to_np(labels)) or 0.0)
+                        lambda model, x0, t, eps, schedule, labels=None, rng=None: seen.append(to_np(labels)) or 0.0)
 
     class Step:
         def step(self):

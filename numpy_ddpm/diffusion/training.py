@@ -20,12 +20,14 @@ def q_sample(x0, t, eps, schedule):
     return xp.sqrt(alpha_bar) * x0 + xp.sqrt(1 - alpha_bar) * eps
 
 
-def loss_and_backward(model, x0, t, eps, schedule, labels=None):
+def loss_and_backward(model, x0, t, eps, schedule, labels=None, rng=None):
     """mean((eps - eps_theta(x_t, t[, y]))^2) for given t and eps (and labels y (N,), for a
-    conditional model); leaves its gradient in the model."""
+    conditional model); leaves its gradient in the model. A model that `takes` "rng" (dropout:
+    the U-Net) draws its masks from `rng`, the training step's generator."""
     xt = backend.fused("q_sample", q_sample)(x0, t, eps, schedule)
     condition = () if labels is None else (labels,)
-    eps_hat = model.forward(xt, schedule.network_time(t, x0.dtype), *condition)
+    draws = {"rng": rng} if "rng" in getattr(model, "takes", ()) else {}
+    eps_hat = model.forward(xt, schedule.network_time(t, x0.dtype), *condition, **draws)
     mse = MSELoss()
     loss = mse.forward(eps_hat, eps)
     model.zero_grad()
@@ -71,11 +73,11 @@ def train_step(model, optimizer, x0, schedule, rng, ema=None, labels=None, cond_
     #    on this rank's rows of the batch (all of them in one process), and the all-reduce of
     #    the gradients makes it the whole batch's gradient on every rank (distributed.py)
     if comm is None:
-        loss = loss_and_backward(model, x0, t, eps, schedule, labels)
+        loss = loss_and_backward(model, x0, t, eps, schedule, labels, rng)
     else:
         mine = comm.part(x0.shape[0])
         labels = None if labels is None else labels[mine]
-        loss = loss_and_backward(model, x0[mine], t[mine], eps[mine], schedule, labels)
+        loss = loss_and_backward(model, x0[mine], t[mine], eps[mine], schedule, labels, rng)
         loss = comm.sum_gradients(model.flat_grads, loss, x0.shape[0])
     optimizer.step()
     if ema is not None:

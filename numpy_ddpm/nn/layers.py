@@ -59,20 +59,28 @@ class Dropout(Module):
         y = x * mask,   mask = keep / (1 - p),   keep ~ Bernoulli(1 - p) for each element,
 
     so E[y] = x and evaluation (`train(False)`) is the identity. A fresh mask is drawn at every
-    forward pass from `rng`, a generator of the backend (backend.default_rng).
+    forward pass from a generator of the backend (backend.default_rng): the `rng` given to
+    forward (a training step's own generator, so that a resumed run draws the same masks), else
+    the one given at construction.
     """
 
-    def __init__(self, p, rng):
+    def __init__(self, p, rng=None):
         if not 0 <= p < 1:
             raise ValueError(f"the dropout probability must be in [0, 1), not {p}")
         self.p, self.rng = p, rng
 
-    def forward(self, x):
-        if not self.training:
+    def forward(self, x, rng=None):
+        if not self.training or self.p == 0:
+            self.mask = None
             return x
-        keep = self.rng.random(x.shape, dtype=x.dtype) >= self.p
+        rng = rng if rng is not None else self.rng
+        if rng is None:
+            raise ValueError("dropout while training needs a generator: pass rng to forward or to Dropout")
+        keep = rng.random(x.shape, dtype=x.dtype) >= self.p
         self.mask = keep.astype(x.dtype) / (1 - self.p)
         return x * self.mask
 
     def backward(self, dy):
+        if self.mask is None:
+            return dy
         return dy * self.mask               # dy/dx = mask: the dropped elements pass no gradient
