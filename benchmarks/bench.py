@@ -197,7 +197,8 @@ def main():
     machine = cpu_description()
     print(f"{machine}, numpy {np.__version__}")
     if has_torch() and not args.no_torch:
-        result = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__, torch.get_num_threads())"],
+        code = "import torch; print(torch.__version__, torch.get_num_threads())"
+        result = subprocess.run([sys.executable, "-c", code],
                                 capture_output=True, text=True)
         print(f"torch {result.stdout.strip()} threads (in its own process)")
     print(f"{'workload':<34} {'impl':<16} {'best':>9} {'median':>9} {'':<9} {'matmul':>7} {'':7} {'peak':>5} "

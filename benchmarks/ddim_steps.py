@@ -25,10 +25,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from numpy_ddpm import backend  # noqa: E402
-from numpy_ddpm.evaluation import metrics  # noqa: E402
+from numpy_ddpm import backend, cpu  # noqa: E402
 from numpy_ddpm.diffusion import ddim_generate, generate  # noqa: E402
 from numpy_ddpm.diffusion.dpm_solver import dpm_solver_generate  # noqa: E402
+from numpy_ddpm.evaluation import metrics  # noqa: E402
 from numpy_ddpm.likelihood import load_model  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
 
@@ -155,7 +155,7 @@ def main():
     if not checkpoints:
         parser.error("give checkpoints, or --train with data set names")
     rows = []
-    with backend.blas_threads(args.threads):
+    with cpu.blas_threads(args.threads):
         for path in checkpoints:
             rows += measure(path, args.nb_generated, steps, etas, [int(s) for s in args.seeds.split(",")],
                             [int(s) for s in args.dpm_steps.split(",") if s],

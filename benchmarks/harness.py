@@ -98,6 +98,7 @@ def worker(impl, index, quick, arg):
         fn, after = workload.torch(arg), (torch.cuda.synchronize if arg == "cuda" else (lambda: None))
     else:
         from threadpoolctl import threadpool_limits
+
         from workloads import backend, sync
         backend.use(impl)
         fn, after = workload.ours(None if arg == "auto" else arg), sync
@@ -167,7 +168,10 @@ def memory_child(index, impl, algorithm):
     from workloads import workloads
     workload = workloads(quick=False)[index]
     baseline = reset_peak()
-    fn = workload.torch("cpu") if impl.startswith("torch") else workload.ours(None if algorithm == "auto" else algorithm)
+    if impl.startswith("torch"):
+        fn = workload.torch("cpu")
+    else:
+        fn = workload.ours(None if algorithm == "auto" else algorithm)
     for _ in range(3):
         fn()
     print(peak_added_mib(baseline))

@@ -19,9 +19,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from numpy_ddpm import backend, data, likelihood  # noqa: E402
-from numpy_ddpm.evaluation import exact  # noqa: E402
-from numpy_ddpm.schedule import Schedule  # noqa: E402
+from numpy_ddpm import backend, data, likelihood
+from numpy_ddpm.evaluation import exact
+from numpy_ddpm.schedule import Schedule
 
 SETS = ["gaussian_mixture", "ramp", "two_discs", "disc_grid", "checkerboard"]
 

@@ -37,15 +37,15 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-
 from recipes import CONFIGS, selection_parser  # noqa: E402
+
 from numpy_ddpm import backend, data  # noqa: E402
 from numpy_ddpm.app import cli  # noqa: E402
-from numpy_ddpm.evaluation import metrics  # noqa: E402
 from numpy_ddpm.app.experiment import draw, train_config  # noqa: E402
+from numpy_ddpm.app.train import Trainer  # noqa: E402
+from numpy_ddpm.evaluation import metrics  # noqa: E402
 from numpy_ddpm.models import mlp  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
-from numpy_ddpm.app.train import Trainer  # noqa: E402
 
 N = 5000                  # points per draw, as recipes.py's runs generate
 
@@ -106,7 +106,8 @@ def markdown(record, sets, configs):
         means = seed_means(record, name, config)
         return (f"{', '.join(f'{m:.2f}' for m in means)} (**{statistics.mean(means):.2f}**)" if means else ""), means
 
-    counts = {config: sorted({len(r["scores"]) for r in record["models"] if r["config"] == config}) for config in configs}
+    counts = {config: sorted({len(r["scores"]) for r in record["models"] if r["config"] == config})
+              for config in configs}
     draws = ", ".join(f"{config} {'/'.join(map(str, counts[config]))}" for config in configs)
     lines = ["Perfect sampler: fresh draws of the data scored like a model's samples, median and 5-95% of "
              "one draw, and 5-95% of a median of 3. Models: the mean score of each seed's model over its "

@@ -98,7 +98,8 @@ def markdown(runs, table, sets, seeds):
     (lecture_s, nl), (fast_s, nf) = overall_time(runs, "lecture"), overall_time(runs, "fast")
 
     def ratios(name, config):
-        values = [r["ratio"] for r in sorted(runs, key=lambda r: r["seed"]) if (r["set"], r["config"]) == (name, config)]
+        values = [r["ratio"] for r in sorted(runs, key=lambda r: r["seed"])
+                  if (r["set"], r["config"]) == (name, config)]
         return f"{', '.join(f'{v:.2f}' for v in values)} (**{table[name, config][0]:.2f}**)"
 
     def time_of(name, config):
@@ -160,9 +161,11 @@ def main():
     parser.add_argument("--markdown", help="write the table to this file")
     parser.add_argument("--plot", help="write the quality-against-time plot to this PNG")
     parser.add_argument("--keep", action="store_true", help="reuse the runs already in --json")
-    parser.add_argument("--report", action="store_true", help="run nothing: tabulate the runs in --json (implies --keep)")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: tabulate the runs in --json (implies --keep)")
     parser.add_argument("--import-log", metavar="FILE",
-                        help="add the quality of earlier lecture runs, untimed, from lines 'SET SEED distance / floor = R ...' "
+                        help="add the quality of earlier lecture runs, untimed, from lines "
+                             "'SET SEED distance / floor = R ...' "
                              "(for the sets and seeds the JSON lacks; checked against those it has)")
     args = parser.parse_args()
     sets, seeds, configs = args.sets.split(","), [int(s) for s in args.seeds.split(",")], args.configs.split(",")

@@ -12,10 +12,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from numpy_ddpm import backend, data  # noqa: E402
-from numpy_ddpm.app import cli  # noqa: E402
-from numpy_ddpm.diffusion import q_sample  # noqa: E402
-from numpy_ddpm.schedule import Schedule  # noqa: E402
+from numpy_ddpm import backend, data
+from numpy_ddpm.app import cli
+from numpy_ddpm.diffusion import q_sample
+from numpy_ddpm.schedule import Schedule
 
 TIMES = [0, 125, 250, 375, 500, 625, 750, 875, 1000]
 

@@ -20,14 +20,13 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from numpy_ddpm import backend, data, likelihood, quality  # noqa: E402
-from numpy_ddpm.app import cli  # noqa: E402
-from numpy_ddpm.evaluation import plots  # noqa: E402
-from numpy_ddpm.app.experiment import sample_again, train_and_sample  # noqa: E402
-from numpy_ddpm.models import convnet  # noqa: E402
-
+from numpy_ddpm import backend, data, likelihood, quality
+from numpy_ddpm.app import cli
+from numpy_ddpm.app.experiment import sample_again, train_and_sample
+from numpy_ddpm.evaluation import plots
+from numpy_ddpm.models import convnet
 
 NB_CLASSES = 10      # the digits 0 to 9 (Fashion-MNIST: its 10 kinds of clothing)
 
@@ -94,8 +93,11 @@ def main():
     model = convnet(x.shape[1], width=args.width, kernel_size=args.kernel_size, seed=args.seed, nb_classes=K)
     meta = {"data": args.data}
     # the CPU's BLAS threads: whichever count is faster now (two idle, one beside a busy program)
-    generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads="auto",
-                                                  labels=labels, sample_labels=sample_labels)
+    run = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads="auto", labels=labels,
+                           sample_labels=sample_labels)
+    if run is None:             # another rank of a distributed run: rank 0 writes the results
+        return
+    generated, trainer, frames = run
 
     if len(generated) >= 2:     # a Fréchet distance needs a covariance; the classifier trains once, then is cached
         print(quality.summary(quality.report(generated, args.data, labels=sample_labels, data_dir=args.data_dir)))

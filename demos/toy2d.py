@@ -18,14 +18,13 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from numpy_ddpm import backend, data, likelihood  # noqa: E402
-from numpy_ddpm.app import cli  # noqa: E402
-from numpy_ddpm.evaluation import exact, metrics, plots  # noqa: E402
-from numpy_ddpm.app.experiment import train_and_sample  # noqa: E402
-from numpy_ddpm.models import mlp  # noqa: E402
-
+from numpy_ddpm import backend, data, likelihood
+from numpy_ddpm.app import cli
+from numpy_ddpm.app.experiment import train_and_sample
+from numpy_ddpm.evaluation import exact, metrics, plots
+from numpy_ddpm.models import mlp
 
 # --recipe fast: a 128-wide MLP (a quarter of the lecture's multiply-adds per point) trained on
 # 4410 batches of 512 (the lecture: 100,000 of 25) with a learning rate of 1e-2 after 100 warm-up
@@ -69,9 +68,11 @@ def main():
     # the MLP's small matrix products run faster on one BLAS thread than split over two; larger
     # batches take whichever is faster while training (two idle, one beside a busy program)
     threads = 1 if args.batch_size <= 256 else "auto"
-    generated, trainer, frames = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads=threads,
-                                                  labels=labels if args.conditional else None,
-                                                  sample_labels=sample_labels)
+    run = train_and_sample(args, x, model, meta, x.shape[1:], blas_threads=threads,
+                           labels=labels if args.conditional else None, sample_labels=sample_labels)
+    if run is None:             # another rank of a distributed run: rank 0 writes the results
+        return
+    generated, trainer, frames = run
     if args.conditional:
         np.save(os.path.join(args.out, "labels.npy"), sample_labels)
 

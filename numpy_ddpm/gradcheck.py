@@ -5,8 +5,16 @@ module had before, are nn/gradcheck.py's."""
 from . import backend
 from .models import LabelAppender, TimeAppender, convnet, mlp
 from .nn import Conv2d, Linear, ReLU, Sequential, SoftmaxCrossEntropy
-from .nn.gradcheck import (LossLayer, away_from_kinks, check, gradients, numerical_gradient,  # noqa: F401
-                           projection, rel_error, relu_margin)
+from .nn.gradcheck import (  # noqa: F401
+    LossLayer,
+    away_from_kinks,
+    check,
+    gradients,
+    numerical_gradient,
+    projection,
+    rel_error,
+    relu_margin,
+)
 
 
 def _cases():
@@ -26,7 +34,8 @@ def _cases():
     yield "TimeAppender (N, C, H, W)", TimeAppender(), randn(2, 2, 3, 3), (0.25,), h
     yield "Conv2d(3, 4, 3, padding=1)", Conv2d(3, 4, 3, 1, rng), randn(2, 3, 5, 6), (), h
     yield "Conv2d(2, 3, 5, padding=2)", Conv2d(2, 3, 5, 2, rng), randn(1, 2, 7, 5), (), h
-    yield "Sequential(Linear, ReLU, Linear)", *kink_free(Sequential(Linear(3, 8, rng), ReLU(), Linear(8, 2, rng)), (4, 3))
+    small = Sequential(Linear(3, 8, rng), ReLU(), Linear(8, 2, rng))
+    yield "Sequential(Linear, ReLU, Linear)", *kink_free(small, (4, 3))
     yield "mlp(2, hidden=256)", *kink_free(mlp(2), (8, 2), randn(8))
     yield "convnet(1, width=8, kernel_size=3)", *kink_free(convnet(1, width=8, kernel_size=3), (2, 1, 6, 6), 0.1)
     yield "convnet(1) (lecture's, 8x8)", *kink_free(convnet(1), (1, 1, 8, 8), -0.3, margin=3e-6)
@@ -38,7 +47,8 @@ def _cases():
            *kink_free(convnet(1, width=8, kernel_size=3, nb_classes=3), (2, 1, 6, 6), 0.1, classes[:2]))
     labels = backend.asarray(rng.integers(0, 10, 6))
     yield "SoftmaxCrossEntropy (6, 10)", LossLayer(SoftmaxCrossEntropy(), labels), randn(6, 10), (), h
-    yield ("Linear(5, 10), SoftmaxCrossEntropy", Sequential(Linear(5, 10, rng), LossLayer(SoftmaxCrossEntropy(), labels)),
+    classifier = Sequential(Linear(5, 10, rng), LossLayer(SoftmaxCrossEntropy(), labels))
+    yield ("Linear(5, 10), SoftmaxCrossEntropy", classifier,
            randn(6, 5), (), h)
 
 

@@ -10,7 +10,7 @@ import os
 
 from . import backend, data, models
 from .app.cli import UserError, run
-from .diffusion.bound import *  # noqa: F401, F403
+from .diffusion.bound import *  # noqa: F403
 from .diffusion.bound import VARIANCES
 from .diffusion.schedule import Schedule
 from .evaluation.exact import entropy_per_dim

@@ -7,8 +7,8 @@ import argparse
 from . import backend, data
 from .app.cli import UserError, run
 from .evaluation import quality
-from .evaluation.quality import *  # noqa: F401, F403
-from .evaluation.quality import summary
+from .evaluation.quality import *  # noqa: F403
+from .evaluation.quality import report, summary
 
 
 def main():

@@ -1,3 +1,3 @@
 """The names of the former winograd.py, which now lives in nn/winograd.py."""
 
-from .nn.winograd import *  # noqa: F401, F403
+from .nn.winograd import *  # noqa: F403

@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from numpy_ddpm import backend, data  # noqa: E402
-from numpy_ddpm.app import cli, distributed, train as training  # noqa: E402
+from numpy_ddpm.app import cli, distributed  # noqa: E402
+from numpy_ddpm.app import train as training  # noqa: E402
 from numpy_ddpm.models import convnet, mlp  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
 

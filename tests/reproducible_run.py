@@ -15,13 +15,13 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from threadpoolctl import ThreadpoolController, threadpool_info  # noqa: E402
+from threadpoolctl import ThreadpoolController, threadpool_info
 
-from numpy_ddpm import backend, data  # noqa: E402
-from numpy_ddpm.diffusion import ddim_generate  # noqa: E402
-from numpy_ddpm.models import mlp  # noqa: E402
-from numpy_ddpm.schedule import Schedule  # noqa: E402
-from numpy_ddpm.app.train import TrainConfig, Trainer  # noqa: E402
+from numpy_ddpm import backend, data
+from numpy_ddpm.app.train import TrainConfig, Trainer
+from numpy_ddpm.diffusion import ddim_generate
+from numpy_ddpm.models import mlp
+from numpy_ddpm.schedule import Schedule
 
 BLAS = ThreadpoolController().select(user_api="blas")
 

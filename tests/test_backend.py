@@ -165,9 +165,9 @@ def test_training_with_auto_threads_is_bitwise_the_same():
     gives bitwise the same loss and gradients there (on OpenBLAS's Haswell kernels it does not,
     and the tuner then stays on the default; tests/test_reproducible.py runs each kernel)."""
     from numpy_ddpm import data
+    from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer
     from numpy_ddpm.models import mlp
     from numpy_ddpm.schedule import Schedule
-    from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer
     x = backend.asarray(data.standardise(data.toy("spiral", 512 * 60, seed=0))[0])
     weights = []
     for threads in (None, "auto"):

@@ -29,7 +29,8 @@ def test_recipes_table_imports_untimed_runs_and_checks_them(tmp_path, capsys):
     log = tmp_path / "lecture.txt"
     log.write_text("spiral 0 distance / floor = 1.74 wall 919.6\nspiral 1 distance / floor = 1.44 wall 108.2\n"
                    "moons 0 distance / floor = 0.80 wall 371.2\n")
-    timed = [{"set": "spiral", "seed": 0, "config": "lecture", "ratio": 1.70, "wall": 101.0, "train": 87.0, "sample": 14.0},
+    timed = [{"set": "spiral", "seed": 0, "config": "lecture", "ratio": 1.70, "wall": 101.0, "train": 87.0,
+              "sample": 14.0},
              {"set": "spiral", "seed": 0, "config": "fast", "ratio": 1.50, "wall": 12.0, "train": 8.0, "sample": 2.0},
              {"set": "spiral", "seed": 1, "config": "fast", "ratio": 1.60, "wall": 12.0, "train": 9.0, "sample": 1.0},
              {"set": "moons", "seed": 0, "config": "fast", "ratio": 0.90, "wall": 12.0, "train": 9.0, "sample": 1.0}]

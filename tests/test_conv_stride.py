@@ -4,11 +4,12 @@ columns against the plain path, and stride 1 left exactly as it was."""
 
 import numpy as np
 import pytest
-from conftest import to_np
 
 from numpy_ddpm import backend
 from numpy_ddpm.nn import Conv2d, gradcheck
 from numpy_ddpm.nn.im2col import Buffers, col2im, im2col, output_size
+
+from conftest import to_np
 
 BOUND = 1e-6
 

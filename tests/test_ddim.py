@@ -7,13 +7,13 @@ import math
 
 import numpy as np
 import pytest
+from test_diffusion import OptimalDenoiser
 
 from numpy_ddpm import backend, diffusion
 from numpy_ddpm.diffusion import ddim_generate, ddim_step, ddim_timesteps, generate
 from numpy_ddpm.schedule import Schedule
 
 from conftest import to_np
-from test_diffusion import OptimalDenoiser
 
 
 def test_ddim_timesteps():
@@ -160,8 +160,9 @@ def test_the_oracle_catches_a_faulty_ddim_step(monkeypatch, faulty):
 
 def test_ddim_stays_on_the_device():
     """On the strict stand-in for cupy: no host numpy, and one read of the step indices."""
-    import strict_backend
     from numpy_ddpm.models import mlp
+
+    import strict_backend
     restore = strict_backend.activate(backend)
     try:
         model = mlp(2, hidden=8, nb_classes=3)

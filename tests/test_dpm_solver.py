@@ -8,17 +8,16 @@ import os
 
 import numpy as np
 import pytest
+from test_guidance import run_demo
 
 from numpy_ddpm import backend
 from numpy_ddpm.app import cli
-from numpy_ddpm.diffusion import dpm_solver
-from numpy_ddpm.diffusion import ddim_generate, ddim_step, ddim_timesteps
+from numpy_ddpm.diffusion import ddim_generate, ddim_step, ddim_timesteps, dpm_solver
 from numpy_ddpm.diffusion.dpm_solver import dpm_solver_update, dpm_timesteps, solver_orders
 from numpy_ddpm.models import mlp
 from numpy_ddpm.schedule import Schedule
 
 from conftest import to_np
-from test_guidance import run_demo
 
 T = 1000
 SPACINGS = ["leading", "trailing", "linspace"]

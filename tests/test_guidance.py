@@ -8,17 +8,17 @@ import sys
 
 import numpy as np
 import pytest
+from test_diffusion import OptimalDenoiser
 
 from numpy_ddpm import backend, data, gradcheck
-from numpy_ddpm.nn import checkpoint
+from numpy_ddpm.app.train import TrainConfig, Trainer
 from numpy_ddpm.diffusion import ddim_generate, generate, guided_eps
 from numpy_ddpm.layers import LabelAppender
 from numpy_ddpm.models import convnet, mlp
+from numpy_ddpm.nn import checkpoint
 from numpy_ddpm.schedule import Schedule
-from numpy_ddpm.app.train import TrainConfig, Trainer
 
 from conftest import to_np
-from test_diffusion import OptimalDenoiser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend, data
-from numpy_ddpm.nn import checkpoint
 from numpy_ddpm.diffusion import generate, train_step
 from numpy_ddpm.models import convnet
+from numpy_ddpm.nn import checkpoint
 from numpy_ddpm.optim import Adam
 from numpy_ddpm.schedule import Schedule
 

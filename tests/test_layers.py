@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend, gradcheck
-from numpy_ddpm.layers import (Conv2d, Dropout, Linear, MSELoss, ReLU, Sequential, SoftmaxCrossEntropy,
-                               TimeAppender)
+from numpy_ddpm.layers import Conv2d, Dropout, Linear, MSELoss, ReLU, Sequential, SoftmaxCrossEntropy, TimeAppender
 from numpy_ddpm.models import convnet, mlp
 
 from conftest import to_np

@@ -184,7 +184,8 @@ def test_command(digits_cache, tmp_path):
     np.save(tmp_path / "samples.npy", held_out[:50])
     np.save(tmp_path / "labels.npy", labels[:50])
     env = {**os.environ, "NUMPY_DDPM_CACHE": cache}
-    command = [sys.executable, "-m", "numpy_ddpm.quality", "--samples", str(tmp_path / "samples.npy"), "--data", "digits"]
+    command = [sys.executable, "-m", "numpy_ddpm.quality", "--samples", str(tmp_path / "samples.npy"),
+               "--data", "digits"]
     result = subprocess.run(command + ["--labels", str(tmp_path / "labels.npy")], capture_output=True,
                             text=True, env=env, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend, data
-from numpy_ddpm.nn.checkpoint import CheckpointError
+from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer
 from numpy_ddpm.diffusion import draw_timesteps
 from numpy_ddpm.models import mlp
+from numpy_ddpm.nn.checkpoint import CheckpointError
 from numpy_ddpm.optim import ema_decay, learning_rate
 from numpy_ddpm.schedule import Schedule
-from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer
 
 from conftest import to_np
 

@@ -4,12 +4,13 @@ so that code which would fail or stall on a GPU fails here, on the CPU."""
 import numpy as np
 import pytest
 
-import strict_backend
 from numpy_ddpm import backend, data
+from numpy_ddpm.app.train import TrainConfig, Trainer
 from numpy_ddpm.diffusion import generate
 from numpy_ddpm.models import convnet, mlp
 from numpy_ddpm.schedule import Schedule
-from numpy_ddpm.app.train import TrainConfig, Trainer
+
+import strict_backend
 
 
 @pytest.fixture

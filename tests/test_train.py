@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from numpy_ddpm import backend, data
-from numpy_ddpm.evaluation import metrics
-from numpy_ddpm.nn.checkpoint import CheckpointError
-from numpy_ddpm.diffusion import generate
-from numpy_ddpm.models import mlp
-from numpy_ddpm.schedule import Schedule
 from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer, TrainingStopped
+from numpy_ddpm.diffusion import generate
+from numpy_ddpm.evaluation import metrics
+from numpy_ddpm.models import mlp
+from numpy_ddpm.nn.checkpoint import CheckpointError
+from numpy_ddpm.schedule import Schedule
 
 from conftest import to_np
 

@@ -6,8 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import strict_backend
-from conftest import to_np
 
 from numpy_ddpm import backend
 from numpy_ddpm.nn import gradcheck
@@ -15,6 +13,9 @@ from numpy_ddpm.nn.activations import SiLU, sigmoid
 from numpy_ddpm.nn.attention import SelfAttention
 from numpy_ddpm.nn.norm import GroupNorm
 from numpy_ddpm.nn.resample import Concat, Upsample
+
+import strict_backend
+from conftest import to_np
 
 BOUND = 1e-6            # finite differences, float64
 TORCH_BOUND = 1e-10     # PyTorch parity, float64: max |ours - torch| / max |torch| per array

@@ -8,7 +8,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import strict_backend
 from numpy_ddpm import backend, gradcheck, winograd
 from numpy_ddpm.diffusion import train_step
 from numpy_ddpm.layers import Conv2d
@@ -16,6 +15,7 @@ from numpy_ddpm.models import convnet
 from numpy_ddpm.optim import Adam
 from numpy_ddpm.schedule import Schedule
 
+import strict_backend
 from conftest import to_np
 
 # Float32 tolerance, from the transforms' conditioning: for F(4x4, 5x5) the entries of A^T reach

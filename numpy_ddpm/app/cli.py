@@ -5,8 +5,8 @@ import os
 import sys
 
 from .. import backend
-from ..errors import Error
 from ..diffusion.schedule import Schedule
+from ..errors import Error
 from . import distributed
 from .train import ConfigError, TrainConfig, TrainingStopped
 

@@ -72,7 +72,7 @@ class Single:
         return x
 
     def done(self):
-        pass
+        return True
 
 
 SINGLE = Single()
@@ -87,7 +87,6 @@ class MPIWorld:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.failures = comm.Dup()      # only for `end`: never mixed with training's collectives
         self._nccl = None               # the device all-reduce, made at the first cupy step
-        self.reduce_seconds = 0.0       # time spent in the gradient all-reduce (for benchmarks)
 
     # The slice of the global batch ---------------------------------------------------------
 
@@ -106,7 +105,6 @@ class MPIWorld:
         (the Trainer sums the shares when it logs)."""
         w = self.part_size(N) / N
         flat_grads *= w
-        start = time.perf_counter()
         if backend.name == "cupy":
             if self._nccl is None:
                 from cupy_backend.nccl import NcclAllReduce
@@ -115,7 +113,6 @@ class MPIWorld:
         else:
             from mpi4py import MPI
             self.comm.Allreduce(MPI.IN_PLACE, flat_grads, op=MPI.SUM)
-        self.reduce_seconds += time.perf_counter() - start
         return loss * w
 
     def sum(self, value):
@@ -141,12 +138,12 @@ class MPIWorld:
         return backend.np.concatenate(parts) if self.rank == 0 else None
 
     def done(self):
-        """Every collective is over: ranks other than 0 exit (status 0), rank 0 goes on alone to
-        write the results, and any later error of rank 0 needs no agreement."""
+        """Every collective is over: returns whether this rank goes on to write the results
+        (rank 0, alone from here, so that a later error of it needs no agreement); the callers
+        of the other ranks return."""
         global _world
         _world = None
-        if self.rank != 0:
-            sys.exit(0)
+        return self.rank == 0
 
 
 # Joining and leaving ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from .. import backend, cpu
 from ..data import standardise
 from ..diffusion import Schedule, ddim_generate, dpm_solver_generate, generate, guided_eps
 from ..evaluation import plots
+from ..nn import evaluating
 from ..nn.checkpoint import CheckpointError
 from . import distributed
 from .train import TrainConfig, Trainer
@@ -27,7 +28,7 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     in the data's own scale;
     frames is [(t, x_t)] when args.trajectory, else []. Under --distributed (args.comm), the
     ranks train together, each draws its share of the samples (its noise seeded by its rank),
-    and rank 0 gathers them, writes and returns; the other ranks exit after the gather.
+    and rank 0 gathers them, writes and returns; the other ranks return None after the gather.
     `blas_threads` is training's (TrainConfig); "auto" lets backend.BlasTuner choose the CPU's
     BLAS threads while sampling too."""
     np = backend.np
@@ -37,7 +38,8 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     schedule = Schedule()           # the sampling flags were checked against it by cli.check_common
     config = train_config(args, blas_threads)
     steps = args.nb_epochs * math.ceil(len(x_host) / args.batch_size)
-    if comm.rank == 0 and not args.ema_warmup and steps * (1 - args.ema_decay) < 3:    # the initial weights keep more than exp(-3) = 5%
+    # warn when the initial weights keep more than exp(-3) = 5% of the EMA
+    if comm.rank == 0 and not args.ema_warmup and steps * (1 - args.ema_decay) < 3:
         print(f"warning: an EMA decay of {args.ema_decay} averages over about {1 / (1 - args.ema_decay):.0f} "
               f"steps, and this run has {steps}: the samples will come from weights still close to "
               f"their initialisation; lower --ema-decay or train longer", file=sys.stderr)
@@ -71,13 +73,9 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
     shape = (comm.part_size(args.nb_generated),) + sample_shape
 
     def products():                 # one step's eps on fixed x: the BLAS tuner's bitwise check
-        training = model.training
-        model.train(False)
-        try:
+        with evaluating(model):
             x = backend.default_rng(0).standard_normal(shape, dtype=backend.dtype)
             return [guided_eps(model, x, schedule.network_time(schedule.T - 1), mine, args.guidance)]
-        finally:
-            model.train(training)
 
     with cpu.blas_threads("auto" if blas_threads == "auto" else None, probe=5, every=100,
                               check=products) as tuner:
@@ -85,7 +83,8 @@ def train_and_sample(args, x_host, model, meta, sample_shape, blas_threads=None,
                  callback=record if args.trajectory else None)
     generated = comm.gather_rows(backend.to_numpy(x))                          # one transfer back
     frames = [(t, comm.gather_rows(x_t)) for t, x_t in frames]
-    comm.done()                                                                # ranks but 0 exit here
+    if not comm.done():                             # ranks but 0: their part is over
+        return None
     generated = generated * std + mean
     print(f"trained in {trained - start:.1f} s, sampled in {time.perf_counter() - trained:.1f} s")
     np.save(os.path.join(args.out, "samples.npy"), generated)

@@ -9,8 +9,7 @@ import signal
 
 from tqdm.auto import tqdm
 
-from .. import backend, cpu
-from .. import models
+from .. import backend, cpu, models
 from ..diffusion import loss_and_backward, train_step
 from ..errors import Error
 from ..nn import checkpoint
@@ -171,8 +170,9 @@ class Trainer:
         """Train on x_train (N, ...), a standardised backend array, up to config.nb_epochs
         epochs (or `max_steps` in all). Resumes from self.step: epoch e's shuffle comes from a
         generator seeded by (seed, e) and step k's draws from one seeded by (seed, k) (step_rng),
-        so a resumed run draws what an uninterrupted one would have. Ctrl-C saves a checkpoint and raises TrainingStopped. `labels` (N,), a backend
-        integer array, gives the class of each row to a conditional model."""
+        so a resumed run draws what an uninterrupted one would have. Ctrl-C saves a checkpoint
+        and raises TrainingStopped. `labels` (N,), a backend integer array, gives the class of
+        each row to a conditional model."""
         config, N = self.config, x_train.shape[0]
         steps_per_epoch = math.ceil(N / config.batch_size)
         total = config.nb_epochs * steps_per_epoch if max_steps is None else max_steps
@@ -239,7 +239,8 @@ class Trainer:
                     mean_loss = self.comm.sum(float(running)) / count     # one device sync; the ranks' shares
                     running, count = 0.0, 0
                     if not math.isfinite(mean_loss):
-                        kept = f"the last good checkpoint is {checkpoint_path}" if checkpoint_path else "nothing was saved"
+                        kept = (f"the last good checkpoint is {checkpoint_path}" if checkpoint_path
+                                else "nothing was saved")
                         raise TrainingStopped(f"the loss became {mean_loss} at step {self.step}; {kept}")
                     self.losses.append((self.step, mean_loss))
                     bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)

@@ -14,7 +14,6 @@ import urllib.request
 from .. import backend
 from .errors import DataError, require
 
-
 IDX_TYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 MNIST_FILES = {   # file -> SHA-256

@@ -12,7 +12,6 @@ import math
 from .. import backend
 from .errors import DataError, require
 
-
 # The lecture's samplers (same definitions as its script) ------------------------------------
 
 def gaussian_mixture(n, rng):

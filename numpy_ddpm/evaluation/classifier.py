@@ -49,10 +49,10 @@ import json
 import math
 import os
 
-from .. import backend, data
+from .. import backend, cpu, data
 from ..nn import Dropout, Linear, ReLU, Sequential, SoftmaxCrossEntropy, checkpoint
-from ..nn.optim import Adam, learning_rate as learning_rate_at
-
+from ..nn.optim import Adam
+from ..nn.optim import learning_rate as learning_rate_at
 
 SETTINGS = {    # data set -> the network (hidden widths, dropout), the transforms of its training images, Adam
     "digits": dict(hidden=(512, 64), dropout=0.5, shift=0.5, scale=0.1, rotation=0.2,
@@ -93,7 +93,7 @@ class Classifier:
         np = backend.np
         images = np.clip(images.reshape(len(images), -1), 0, 1)
         features, logits = [], []
-        with backend.blas_threads(1):                                      # as in `fit`
+        with cpu.blas_threads(1):                                      # as in `fit`
             for n0 in range(0, len(images), batch_size):
                 h = backend.asarray(images[n0:n0 + batch_size], dtype=self.model.flat_params.dtype)
                 for layer in self.model.layers[:-1]:
@@ -168,7 +168,7 @@ def fit(model, images, labels, nb_epochs, batch_size, learning_rate, seed, lr_sc
     total_steps = nb_epochs * math.ceil(len(images) / batch_size)
     step, losses = 0, []
     # Products this small run as fast on one BLAS thread; two, on a busy 2-core machine, once took 40x longer.
-    with backend.blas_threads(1):
+    with cpu.blas_threads(1):
         for _ in range(nb_epochs):
             order = rng.permutation(len(images))
             total = 0

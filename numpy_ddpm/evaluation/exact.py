@@ -160,15 +160,6 @@ def entropy_per_dim(name):
     return entropy(name)[0] / dim
 
 
-# Closed forms, to check the integrals against where they exist
-CLOSED_FORMS = {
-    "ramp": 0.5 - math.log(2),      # -int_0^1 2u log(2u) du
-    "two_discs": math.log(2) + 0.5 * math.log(math.pi * 0.3 ** 2) + 0.5 * math.log(math.pi * 0.5 ** 2),
-    "disc_grid": math.log(16 * math.pi * 0.1 ** 2),
-    "checkerboard": math.log(8),
-}
-
-
 # The exact denoiser -----------------------------------------------------------------------
 
 class GaussianMixtureDenoiser:
@@ -198,8 +189,7 @@ class GaussianMixtureDenoiser:
     def forward(self, x, network_time):
         xp = backend.xp
         N, D = x.shape
-        t = (xp.asarray(network_time, dtype=xp.float64) + 0.5) * (self.schedule.T - 1)   # its inverse
-        t = xp.broadcast_to(xp.rint(t).astype(xp.int64), (N,))
+        t = xp.broadcast_to(xp.rint(self.schedule.step_of(network_time)).astype(xp.int64), (N,))
         a2 = self.alpha_bar[t][:, None]                                             # (N, 1)
         a, b = xp.sqrt(a2), xp.sqrt(1 - a2)
         v = a2 * self.var0 + (1 - a2)                                               # (N, K)

@@ -41,7 +41,7 @@ def report(model, x_fresh, mean, std, schedule, rng, out_dir=None, exact=None, n
         terms[0] += math.log(std)       # L_0, the only term that is a density, to the data's scale
         result["terms"] = terms
         if out_dir is not None:
-            from . import plots     # matplotlib, only when a figure is asked for
+            from . import plots  # matplotlib, only when a figure is asked for
             os.makedirs(out_dir, exist_ok=True)
             plots.bound(terms, exact, os.path.join(out_dir, "bound.png"), title)
     return result

@@ -8,10 +8,10 @@ import matplotlib
 if "DISPLAY" not in os.environ and sys.platform not in ("darwin", "win32"):
     matplotlib.use("Agg")       # no screen: draw into files only
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import animation  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib import animation
 
-from .. import backend  # noqa: E402
+from .. import backend
 
 TRAJECTORY_TIMES = [1000, 875, 750, 625, 500, 375, 250, 125, 0]
 

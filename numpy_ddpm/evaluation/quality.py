@@ -18,13 +18,11 @@ mean entropy of each prediction (0 when every image is a clear digit).
 (the command line is numpy_ddpm/quality.py's)
 """
 
-import argparse
 import math
 import time
 
-from .. import backend, data
+from .. import backend, cpu, data
 from .classifier import labelled_split, load_or_train, softmax
-
 
 # The Fréchet distance -------------------------------------------------------------------------
 
@@ -124,7 +122,7 @@ def report(samples, data_name, labels=None, data_dir=None, cache_dir=None, refer
                              f"{tuple(reference.shape[1:])} like the images of {data_name}")
     sample_features, sample_logits = classifier.features_and_logits(samples)
     reference_features, _ = classifier.features_and_logits(reference)
-    with backend.blas_threads(1):       # 64 x 64 matrices: two threads only contend for the cores
+    with cpu.blas_threads(1):       # 64 x 64 matrices: two threads only contend for the cores
         distance, floor = distance_and_floor(sample_features, reference_features, repeats)
     p = softmax(sample_logits)                                         # (N, 10)
     entropy_of_mean, mean_entropy = entropies(p)

@@ -17,6 +17,12 @@ buffer and every gradient in another (each array a view into them), so Adam, the
 Conditioning: a module's `takes` names what its forward needs besides x, among the
 conditioning a model is called with ("t", "labels", or a block's "emb"); a Sequential hands
 each of its layers exactly that, by name.
+
+Layout: images pass between layers as arrays of shape (N, C, H, W), but not always stored in
+that order. Winograd hands its output on as a view of channel-first, batch-innermost storage
+(C, H, W, N), which its next layer reads without a copy; elementwise layers (ReLU, SiLU) keep
+the memory order they receive, as numpy's ufuncs do. So no layer may assume a C-contiguous
+input: reshape, never `.view`, and let `xp` copy where it must.
 """
 
 import contextlib

@@ -134,7 +134,7 @@ def _copy_into(targets, sources, what):
 
 # Schedules over the steps of a run -----------------------------------------------------------
 
-def learning_rate(step, base_lr, schedule="constant", warmup_steps=0, total_steps=None):
+def learning_rate(step, base_lr, lr_schedule="constant", warmup_steps=0, total_steps=None):
     """The learning rate of step `step` (1, 2, ..., total_steps), for Adam's update at that step.
 
     Warm-up: lr = base_lr * step / warmup_steps for step <= warmup_steps; then, with
@@ -142,18 +142,18 @@ def learning_rate(step, base_lr, schedule="constant", warmup_steps=0, total_step
         "constant": lr = base_lr
         "cosine":   lr = base_lr * (1 + cos(pi p)) / 2        (Loshchilov & Hutter, 2017)
         "linear":   lr = base_lr * (1 - p)
-    The last step of a decaying schedule has lr 0, so it leaves the weights where they are.
+    The last step of a decaying lr_schedule has lr 0, so it leaves the weights where they are.
     """
     if step <= warmup_steps:
         return base_lr * step / warmup_steps
-    if schedule == "constant":
+    if lr_schedule == "constant":
         return base_lr
     p = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    if schedule == "cosine":
+    if lr_schedule == "cosine":
         return base_lr * (1 + math.cos(math.pi * min(p, 1.0))) / 2
-    if schedule == "linear":
+    if lr_schedule == "linear":
         return base_lr * max(1 - p, 0.0)
-    raise ValueError(f"unknown learning-rate schedule {schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+    raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}; choose one of: {', '.join(LR_SCHEDULES)}")
 
 
 def ema_decay(step, decay, warmup=False):
