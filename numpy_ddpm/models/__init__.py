@@ -9,8 +9,9 @@ from ..errors import Error
 from ..nn import checkpoint
 from .conditioning import LabelAppender, TimeAppender
 from .lecture import Denoiser, convnet, mlp
+from .unet import UNet, unet
 
-BUILDERS = {"mlp": mlp, "convnet": convnet}
+BUILDERS = {"mlp": mlp, "convnet": convnet, "unet": unet}
 
 
 class ModelError(Error, ValueError):
@@ -62,5 +63,5 @@ def load(path, weights="ema"):
     return model, meta
 
 
-__all__ = ["BUILDERS", "Denoiser", "LabelAppender", "ModelError", "TimeAppender", "build", "convnet", "load",
-           "mlp", "parse_description"]
+__all__ = ["BUILDERS", "Denoiser", "LabelAppender", "ModelError", "TimeAppender", "UNet", "build", "convnet",
+           "load", "mlp", "parse_description", "unet"]
