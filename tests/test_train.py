@@ -12,6 +12,7 @@ from numpy_ddpm.app.train import ConfigError, TrainConfig, Trainer, TrainingStop
 from numpy_ddpm.diffusion import generate
 from numpy_ddpm.evaluation import metrics
 from numpy_ddpm.models import mlp
+from numpy_ddpm.nn import checkpoint
 from numpy_ddpm.nn.checkpoint import CheckpointError
 from numpy_ddpm.schedule import Schedule
 
@@ -199,3 +200,35 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     from numpy_ddpm.nn import checkpoint
     _, meta = checkpoint.load(str(out / "checkpoint.npz"))
     assert meta["step"] > 0 and meta["step"] == int(stderr.split("interrupted at step ")[1].split(";")[0])
+
+
+def test_collapse_is_seen_from_the_logged_losses():
+    from numpy_ddpm.app.train import collapse_since
+    band = [(100, 0.5), (200, 1.01), (300, 0.99), (400, 1.0)]
+    assert collapse_since(band, warmup_steps=0) == 100                   # windows 100-400: 300 steps at 1
+    assert collapse_since(band[:-1], warmup_steps=0) is None             # 200 steps only
+    assert collapse_since(band, warmup_steps=200) is None                # the warm-up does not count
+    assert collapse_since([(100, 1.0), (200, 0.5), (300, 1.0), (400, 1.0)], 0) is None   # interrupted
+
+
+def test_a_collapsed_run_stops_in_one_line_and_keeps_its_checkpoint(tmp_path):
+    """A network with a constant (zero) output has the loss E[eps^2] = 1: the run stops after
+    300 such steps, with its checkpoint, unless collapse_stop is off."""
+    from numpy_ddpm.app.train import TrainingCollapsed
+    from numpy_ddpm.models.conditioning import TimeAppender
+    from numpy_ddpm.nn import Linear, Sequential
+    x = backend.asarray(np.random.default_rng(0).standard_normal((64 * 400, 2)), dtype=backend.dtype)
+
+    def trainer(stop):
+        model = Sequential(TimeAppender(), Linear(3, 2, np.random.default_rng(0)))
+        model.flat_params[...] = 0                                        # eps_hat = 0 whatever x_t
+        config = TrainConfig(nb_epochs=1, batch_size=64, learning_rate=1e-30, log_every=100, collapse_stop=stop)
+        return Trainer(model, Schedule(), config, meta={"model": "zero"})
+    path = str(tmp_path / "c.npz")
+    collapsing = trainer(True)
+    with pytest.raises(TrainingCollapsed, match="collapsed.*from step 0 to 300.*checkpoint saved"):
+        collapsing.fit(x, checkpoint_path=path, progress=False)
+    assert collapsing.step == 300 and checkpoint.load(path)[1]["step"] == 300
+    going_on = trainer(False)
+    going_on.fit(x, progress=False)
+    assert going_on.step == 400

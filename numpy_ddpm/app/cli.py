@@ -36,7 +36,9 @@ def common_parser(description, recipes=None, **defaults):
         flag, options = "--" + name.replace("_", "-"), {"help": field.metadata["help"]}
         if "choices" in field.metadata:
             options["choices"] = field.metadata["choices"]
-        if field.type in (bool, "bool"):
+        if "negative" in field.metadata:
+            training.add_argument(field.metadata["negative"], dest=name, action="store_false", **options)
+        elif field.type in (bool, "bool"):
             training.add_argument(flag, action="store_true", **options)
         else:
             training.add_argument(flag, type=type(default), default=default, **options)
@@ -143,7 +145,7 @@ def run(main):
     except OSError as error:          # an unwritable --out, a full disk
         distributed.end(f"error: {error}", 2)
     except TrainingStopped as error:
-        distributed.end(f"stopped: {error}", 130)
+        distributed.end(f"stopped: {error}", error.exit_code)
     except KeyboardInterrupt:         # outside training (sampling, plotting): the checkpoint is complete
         distributed.end("stopped: interrupted after training; --resume with the checkpoint in --out samples again", 130)
     except Exception:                 # a bug: its traceback (under MPI, then every rank is aborted)

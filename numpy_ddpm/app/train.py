@@ -28,11 +28,41 @@ class ConfigError(Error, ValueError):
 class TrainingStopped(RuntimeError):
     """Training stopped early (Ctrl-C or a non-finite loss); the message says what was kept."""
 
+    exit_code = 130         # the command line's exit status: Ctrl-C's
 
-def setting(default, help, flag=True, **argparse_options):
+
+class TrainingCollapsed(TrainingStopped):
+    """The network has collapsed to a constant output (collapse_since); the checkpoint is kept."""
+
+    exit_code = 1
+
+
+COLLAPSE_BAND, COLLAPSE_STEPS = 0.05, 300   # the loss within 5% of Var(eps) = 1 for 300 steps: collapsed
+
+
+def collapse_since(losses, warmup_steps):
+    """The step since which training has collapsed, or None. `losses` are the logged (step, mean
+    loss since the previous entry) pairs. A network whose output no longer depends on its input
+    predicts eps by a constant, 0 at best, and its loss is E[eps^2] = 1: collapsed, once every
+    logged loss after the warm-up has been within COLLAPSE_BAND of 1 for COLLAPSE_STEPS steps
+    or more (the lecture's net at 28x28 with a learning rate of 3e-3 does that for good)."""
+    start = None
+    starts = [0] + [step for step, _ in losses[:-1]]        # each entry's window begins at the previous one
+    for previous, (_, loss) in zip(starts, losses):
+        if previous >= warmup_steps and abs(loss - 1) <= COLLAPSE_BAND:
+            start = previous if start is None else start
+        else:
+            start = None
+    if start is not None and losses[-1][0] - start >= COLLAPSE_STEPS:
+        return start
+    return None
+
+
+def setting(default, help, flag=True, **options):
     """A TrainConfig field: its default and its help; with `flag`, the command line has it as
-    --name-with-dashes (app/cli.py reads these fields, so each setting is declared once)."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, **argparse_options})
+    --name-with-dashes (app/cli.py reads these fields, so each setting is declared once), or for
+    a setting on by default as the flag `negative` that turns it off (--no-...)."""
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, **options})
 
 
 @dataclasses.dataclass
@@ -48,6 +78,10 @@ class TrainConfig:
     warmup_steps: int = setting(0, "linear learning-rate warm-up from 0, in steps")
     ema_warmup: bool = setting(False, "EMA decay min(--ema-decay, (1 + k) / (10 + k)) at step k: short runs "
                                "forget their initialisation")
+    collapse_stop: bool = setting(True, "train on when the loss stays within 5%% of 1.0, the variance of eps, "
+                                  "for 300 steps after the warm-up: a collapsed network, where by default the "
+                                  "run stops, keeping its checkpoint (collapse_stop: %(default)s)",
+                                  negative="--no-collapse-stop")
     t_power: float = setting(1.0, "training time steps t = floor(T u^P): 1 uniform (the lecture's), above 1 "
                              "small t more often (diffusion.draw_timesteps)")
     cond_drop: float = setting(0.1, "conditional models: probability of training on 'no label' instead of "
@@ -111,6 +145,7 @@ class Trainer:
         self.ema = EMA(model.flat_parameters(), decay=config.ema_decay)
         self.step = 0
         self.resumable = True     # whether fit may continue self.step (a checkpoint's draws are this code's)
+        self._collapse_told = False
         self.losses = []      # (step, mean loss since the previous entry)
         self._logged = 0      # how many of them the log file has
 
@@ -244,6 +279,7 @@ class Trainer:
                         raise TrainingStopped(f"the loss became {mean_loss} at step {self.step}; {kept}")
                     self.losses.append((self.step, mean_loss))
                     bar.set_postfix(loss=f"{mean_loss:.4f}", epoch=epoch)
+                    self._check_collapse(checkpoint_path, log_path)
                 if stop:
                     self._save_all(checkpoint_path, log_path)
                     where = f"saved to {checkpoint_path}" if checkpoint_path else "not saved (no path)"
@@ -251,6 +287,23 @@ class Trainer:
                 if self.step == total:
                     break
             self._save_all(checkpoint_path, log_path)
+
+    def _check_collapse(self, checkpoint_path, log_path):
+        """Say so in one line when training has collapsed (collapse_since), once; keep the
+        checkpoint, and stop unless config.collapse_stop is off."""
+        start = collapse_since(self.losses, self.config.warmup_steps)
+        if start is None or self._collapse_told:
+            return
+        self._collapse_told = True
+        message = (f"training has collapsed: the loss has stayed within {COLLAPSE_BAND:.0%} of 1.0, the variance "
+                   f"of eps (a constant output), from step {start} to {self.step}; a lower learning rate may train")
+        if not self.config.collapse_stop:
+            if self.comm.rank == 0:
+                tqdm.write(f"warning: {message} (--no-collapse-stop: going on)")
+            return
+        self._save_all(checkpoint_path, log_path)
+        kept = f"checkpoint saved to {checkpoint_path}" if checkpoint_path else "nothing was saved (no path)"
+        raise TrainingCollapsed(f"{message}; {kept}; --no-collapse-stop trains on regardless")
 
     def _save_all(self, checkpoint_path, log_path):
         if self.comm.rank != 0:

@@ -90,14 +90,30 @@ def default_cache_dir():
     return os.environ.get("NUMPY_DDPM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "numpy-ddpm"))
 
 
-def fetch_image_set(name, data_dir=None, cache_dir=None, mirrors=None):
-    """The directory that holds the four IDX files of `name` ("mnist" or "fashion_mnist"):
-    `data_dir` if given (files used as they are), else the cache, downloading what is missing
-    from the mirrors in turn, each file checked against its SHA-256."""
+def _present(data_dir, file):
+    return os.path.exists(os.path.join(data_dir, file)) or os.path.exists(os.path.join(data_dir, file[:-3]))
+
+
+def test_split_only(name, data_dir):
+    """Whether `data_dir` holds the test split of `name` ("t10k-...") without its training split:
+    then the demos train on its first TEST_ONLY_TRAIN images and hold out the rest."""
+    files, _ = IMAGE_SETS[name]
+    return (data_dir is not None and all(_present(data_dir, f) for f in files if f.startswith("t10k"))
+            and not any(_present(data_dir, f) for f in files if f.startswith("train")))
+
+
+TEST_ONLY_TRAIN = 9000      # with only the test split: its first 9,000 images train, its last 1,000 are held out
+
+
+def fetch_image_set(name, data_dir=None, cache_dir=None, mirrors=None, split=None):
+    """The directory that holds the IDX files of `name` ("mnist" or "fashion_mnist"): `data_dir`
+    if given (files used as they are; the two of `split`, "train" or "t10k", or all four), else
+    the cache, downloading what is missing from the mirrors in turn, each file checked against
+    its SHA-256."""
     files, default_mirrors = IMAGE_SETS[name]
     if data_dir is not None:
-        missing = [f for f in files if not os.path.exists(os.path.join(data_dir, f))
-                   and not os.path.exists(os.path.join(data_dir, f[:-3]))]
+        needed = [f for f in files if split is None or f.startswith(split)]
+        missing = [f for f in needed if not _present(data_dir, f)]
         if missing:
             raise DataError(f"{data_dir} lacks {', '.join(missing)} (gzipped or not)")
         return data_dir
@@ -129,7 +145,7 @@ def _idx_path(directory, file):
 def idx_images(name, n=None, data_dir=None, cache_dir=None, mirrors=None, labels=False, split="train"):
     """The first n images of MNIST's or Fashion-MNIST's split "train" (60000) or "t10k" (10000),
     (n, 1, 28, 28) in [0, 1]; with labels=True, the pair (images, labels (n,) integers in 0..9)."""
-    directory = fetch_image_set(name, data_dir, cache_dir, mirrors)
+    directory = fetch_image_set(name, data_dir, cache_dir, mirrors, split)
     path = _idx_path(directory, f"{split}-images-idx3-ubyte.gz")
     images = read_idx(path)
     if images.ndim != 3:
@@ -168,8 +184,12 @@ DIGITS_HELD_OUT = 297       # the last 297 of the 1797 digits: the image demo tr
 
 def held_out(name, data_dir=None, cache_dir=None, labels=False):
     """Images no demo trains on, for the bound and the quality measure: the last 297 digits, or
-    the 10,000 of MNIST's or Fashion-MNIST's test split; with labels=True, (images, labels)."""
+    the 10,000 of MNIST's or Fashion-MNIST's test split (its last 1,000 when `data_dir` holds
+    only that split, whose first 9,000 then train); with labels=True, (images, labels)."""
     require(name, IMAGES, "image data set")
+    if name != "digits" and test_split_only(name, data_dir):
+        loaded = idx_images(name, None, data_dir, cache_dir, labels=labels, split="t10k")
+        return tuple(a[TEST_ONLY_TRAIN:] for a in loaded) if labels else loaded[TEST_ONLY_TRAIN:]
     if name == "digits":
         loaded = digits(labels=labels)
         return tuple(a[-DIGITS_HELD_OUT:] for a in loaded) if labels else loaded[-DIGITS_HELD_OUT:]
@@ -177,8 +197,13 @@ def held_out(name, data_dir=None, cache_dir=None, labels=False):
 
 
 def images(name, n=None, data_dir=None, cache_dir=None, labels=False):
-    """The images of `name`, (n, 1, H, W) in [0, 1]; with labels=True, (images, labels (n,))."""
+    """The first n training images of `name`, (n, 1, H, W) in [0, 1]; with labels=True,
+    (images, labels (n,)). From a `data_dir` with only the test split: its first 9,000 images
+    at most (test_split_only)."""
     require(name, IMAGES, "image data set")
     if name == "digits":
         return digits(n, labels)
+    if test_split_only(name, data_dir):
+        n = TEST_ONLY_TRAIN if n is None else min(n, TEST_ONLY_TRAIN)
+        return idx_images(name, n, data_dir, cache_dir, labels=labels, split="t10k")
     return idx_images(name, n, data_dir, cache_dir, labels=labels)
