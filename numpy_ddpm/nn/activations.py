@@ -20,8 +20,10 @@ class SiLU(Module):
     """y = x sigmoid(x) (Elfwing et al., 2018; "swish"), any shape."""
 
     def forward(self, x):
-        self.x, self.s = x, sigmoid(x)
-        return x * self.s
+        s = sigmoid(x)
+        if self.training:                   # sampling keeps nothing for a backward pass
+            self.x, self.s = x, s
+        return x * s
 
     def backward(self, dy):
         s = self.s

@@ -154,7 +154,7 @@ class Im2colConvolution:
             col = im2col(x[n0:n1], layer.KH, layer.KW, layer.P, buffers, layer.S)   # (C*KH*KW, n*OH*OW)
             backend.xp.matmul(w, col, out=y[:, n0:n1].reshape(O, -1))      # y = w col
         y += layer.b.reshape(O, 1, 1, 1)
-        layer.x = x
+        layer.x = x if layer.training else None          # sampling keeps nothing for a backward pass
         self.col = col if keep else None
         return y.transpose(1, 0, 2, 3)                                    # (N, O, OH, OW)
 

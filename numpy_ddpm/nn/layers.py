@@ -33,7 +33,7 @@ class Linear(Module):
         self.scratch = backend.xp.empty_like(self.w)   # for dy^T x: no fresh (D_out, D_in) array per step
 
     def forward(self, x):
-        self.x = x
+        self.x = x if self.training else None       # sampling keeps nothing for a backward pass
         return x @ self.w.T + self.b
 
     def backward(self, dy):
@@ -46,8 +46,9 @@ class ReLU(Module):
     """y = max(x, 0), any shape."""
 
     def forward(self, x):
-        self.y = backend.xp.maximum(x, 0)
-        return self.y
+        y = backend.xp.maximum(x, 0)
+        self.y = y if self.training else None
+        return y
 
     def backward(self, dy):
         return dy * (self.y > 0)            # dy/dx = 1 where x > 0, else 0

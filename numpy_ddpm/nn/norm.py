@@ -39,9 +39,11 @@ class GroupNorm(Module):
         mean = xg.mean(axis=-1, keepdims=True)                            # (N, G, 1)
         centred = xg - mean
         var = (centred * centred).mean(axis=-1, keepdims=True)            # (N, G, 1), the second pass
-        self.inv_sigma = 1 / xp.sqrt(var + self.eps)                      # (N, G, 1)
-        self.xhat = (centred * self.inv_sigma).reshape(x.shape)           # the shape of x
-        return self.xhat * self._per_channel(self.gamma, x.ndim) + self._per_channel(self.beta, x.ndim)
+        inv_sigma = 1 / xp.sqrt(var + self.eps)                           # (N, G, 1)
+        xhat = (centred * inv_sigma).reshape(x.shape)                     # the shape of x
+        if self.training:                                                 # sampling keeps nothing
+            self.inv_sigma, self.xhat = inv_sigma, xhat
+        return xhat * self._per_channel(self.gamma, x.ndim) + self._per_channel(self.beta, x.ndim)
 
     def backward(self, dy):
         N = dy.shape[0]

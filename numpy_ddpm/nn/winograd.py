@@ -278,7 +278,7 @@ class WinogradConvolution:
         kept = layer.buffers.get("V", (t.alpha, t.alpha, C * TH * TW * N), x.dtype) if keep else None
         y, V = convolve(x, U, layer.P, t, layer.work_buffers, kept)
         y += layer.b.reshape(1, -1, 1, 1)
-        layer.x = x
+        layer.x = x if layer.training else None          # sampling keeps nothing for a backward pass
         self.V = V if keep else None
         return y
 
