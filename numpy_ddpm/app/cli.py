@@ -17,7 +17,8 @@ class UserError(Error):
 
 def common_parser(description, recipes=None, **defaults):
     """The flags every demo has; `defaults` override the lecture's values. `recipes` maps a
-    name to flag values that `--recipe NAME` sets (flags given explicitly still win)."""
+    name to flag values that `--recipe NAME` sets (flags given explicitly still win), or to a
+    function of the parsed flags that returns them (a recipe per data set and model)."""
     d = dict(nb_samples=25000, nb_generated=1000, out="runs/demo")
     d.update(defaults)
     parser = argparse.ArgumentParser(description=description,
@@ -45,9 +46,7 @@ def common_parser(description, recipes=None, **defaults):
     recipes = recipes or {}
     parser.add_argument("--recipe", choices=["lecture"] + list(recipes), default="lecture",
                         help="lecture: the lecture's settings; " + "; ".join(
-                            f"{name}: " + " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
-                                                   for k, v in r.items())
-                            for name, r in recipes.items()))
+                            f"{name}: {_recipe_help(recipe)}" for name, recipe in recipes.items()))
     parser.set_defaults(recipes=recipes)
     parser.add_argument("--nb-generated", type=int, default=d["nb_generated"])
     parser.add_argument("--out", default=d["out"], help="directory for the plot, samples, checkpoint and log")
@@ -74,8 +73,15 @@ def common_parser(description, recipes=None, **defaults):
     guidance.add_argument("--guidance", type=float, default=1.0,
                           help="guidance scale s: 0 unconditional, 1 conditional, more: further from the other classes")
     parser.add_argument("--distributed", action="store_true",
-                        help="data-parallel training over the ranks of mpiexec -n P (see numpy_ddpm/distributed.py)")
+                        help="data-parallel training over the ranks of mpiexec -n P (numpy_ddpm/app/distributed.py)")
     return parser
+
+
+def _recipe_help(recipe):
+    """A recipe's flags, or the docstring of a recipe that depends on the run (a function of args)."""
+    if callable(recipe):
+        return " ".join(recipe.__doc__.split())
+    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in recipe.items())
 
 
 def parse(parser, argv=None):
@@ -86,7 +92,8 @@ def parse(parser, argv=None):
     given = parser.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in parser._actions}))
     args.given = tuple(sorted(a.dest for a in parser._actions if getattr(given, a.dest) is not unset))
     if args.recipe != "lecture":
-        for key, value in args.recipes[args.recipe].items():
+        recipe = args.recipes[args.recipe]
+        for key, value in (recipe(args) if callable(recipe) else recipe).items():
             if key not in args.given:
                 setattr(args, key, value)
     return args

@@ -244,7 +244,7 @@ class Trainer:
             t = rng.integers(0, self.schedule.T, size=n)
             eps = rng.standard_normal((n,) + x_train.shape[1:], dtype=x_train.dtype)
             loss = loss_and_backward(self.model, x_train[:n], t, eps, self.schedule,
-                                     None if labels is None else labels[:n])
+                                     None if labels is None else labels[:n], rng=backend.default_rng(1, n))
             arrays += [backend.xp.asarray(loss), self.model.flat_grads.copy()]
         return arrays
 

@@ -9,7 +9,7 @@ from ..errors import Error
 from ..nn import checkpoint
 from .conditioning import LabelAppender, TimeAppender
 from .lecture import Denoiser, convnet, mlp
-from .unet import UNet, unet
+from .unet import UNet, UNetError, check_unet, unet
 
 BUILDERS = {"mlp": mlp, "convnet": convnet, "unet": unet}
 
@@ -64,4 +64,4 @@ def load(path, weights="ema"):
 
 
 __all__ = ["BUILDERS", "Denoiser", "LabelAppender", "ModelError", "TimeAppender", "UNet", "build", "convnet",
-           "load", "mlp", "parse_description", "unet"]
+           "load", "mlp", "parse_description", "unet", "UNetError", "check_unet"]

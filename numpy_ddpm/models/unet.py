@@ -431,6 +431,19 @@ def unet(channels=1, base=32, multipliers=(1, 2, 2), nb_blocks=1, attention=(7,)
 
     Weights are drawn from backend.host_rng(seed): the same model on every backend.
     """
+    check_unet(channels, base, multipliers, nb_blocks, attention, dropout, groups, nb_classes, image_size, T)
+    kwargs = dict(channels=channels, base=base, multipliers=list(multipliers), nb_blocks=nb_blocks,
+                  attention=list(attention), dropout=dropout, groups=groups, nb_classes=nb_classes,
+                  image_size=image_size, T=T)
+    description = {"name": "unet", "kwargs": {key: value for key, value in kwargs.items() if value is not None}}
+    return UNet(channels, base, tuple(multipliers), nb_blocks, tuple(attention), dropout, groups, nb_classes,
+                image_size, T, backend.host_rng(seed), description)
+
+
+def check_unet(channels=1, base=32, multipliers=(1, 2, 2), nb_blocks=1, attention=(7,), dropout=0.1, groups=8,
+               nb_classes=None, image_size=28, T=1000):
+    """Raise UNetError, in one sentence, unless `unet` can build a model of these settings (the
+    demos ask before they write anything)."""
     multipliers, attention = tuple(multipliers), tuple(attention)
     levels = len(multipliers)
     sizes = [image_size >> i for i in range(levels)]
@@ -451,9 +464,5 @@ def unet(channels=1, base=32, multipliers=(1, 2, 2), nb_blocks=1, attention=(7,)
         raise UNetError(f"nb_classes must be a positive integer or None, not {nb_classes}")
     if T < 2:
         raise UNetError(f"T must be at least 2, not {T}")
-    kwargs = dict(channels=channels, base=base, multipliers=list(multipliers), nb_blocks=nb_blocks,
-                  attention=list(attention), dropout=dropout, groups=groups, nb_classes=nb_classes,
-                  image_size=image_size, T=T)
-    description = {"name": "unet", "kwargs": {key: value for key, value in kwargs.items() if value is not None}}
-    return UNet(channels, base, multipliers, nb_blocks, attention, dropout, groups, nb_classes, image_size, T,
-                backend.host_rng(seed), description)
+    if not 0 <= dropout < 1:
+        raise UNetError(f"the dropout probability must be in [0, 1), not {dropout}")
