@@ -149,6 +149,9 @@ class Sequential(Module):
     def forward(self, x, t=None, labels=None, **conditioning):
         conditioning.update(t=t, labels=labels)
         for layer in self.layers:
+            if not layer.takes:                         # most layers: x alone, on the training step's hot path
+                x = layer.forward(x)
+                continue
             needs = {name: conditioning[name] for name in layer.takes}
             missing = [name for name, value in needs.items() if value is None]
             if missing:
