@@ -11,7 +11,8 @@ import pytest
 from numpy_ddpm import backend
 from numpy_ddpm.diffusion import Schedule, train_step
 from numpy_ddpm.models import BUILDERS, UNet, build, unet
-from numpy_ddpm.models.unet import Embedding, step_of, timestep_embedding
+from numpy_ddpm.models.conditioning import step_of
+from numpy_ddpm.models.unet import Embedding, timestep_embedding
 from numpy_ddpm.nn import gradcheck
 from numpy_ddpm.nn.optim import Adam
 

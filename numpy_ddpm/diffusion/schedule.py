@@ -9,6 +9,7 @@ is alpha_bar_T. The training and sampling code works with these 0-based indices 
 """
 
 from .. import backend
+from ..models.conditioning import network_time, step_of
 
 
 class Schedule:
@@ -49,13 +50,9 @@ class Schedule:
         return self.mu_tilde_coef_x0[t] * x0 + self.mu_tilde_coef_xt[t] * xt
 
     def network_time(self, t, dtype=None):
-        """What the network sees of the step index t: t / (T - 1) - 0.5, in [-0.5, 0.5]. A float
-        for one index (a Python int: the whole batch's step), else an array of `dtype` (default
-        the working dtype) for indices per example (N,)."""
-        if not hasattr(t, "astype"):
-            return t / (self.T - 1) - 0.5
-        return t.astype(dtype or backend.dtype) / (self.T - 1) - 0.5
+        """What the network sees of the step index t: t / (T - 1) - 0.5 (models/conditioning.py)."""
+        return network_time(t, self.T, dtype)
 
-    def step_of(self, network_time):
-        """The inverse of network_time: the step index (network_time + 0.5) (T - 1), float64."""
-        return (backend.xp.asarray(network_time, dtype=backend.xp.float64) + 0.5) * (self.T - 1)
+    def step_of(self, t):
+        """The step index of a network time t, rounded: the inverse of network_time (float64)."""
+        return step_of(t, self.T)

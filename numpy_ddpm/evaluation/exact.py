@@ -189,7 +189,7 @@ class GaussianMixtureDenoiser:
     def forward(self, x, network_time):
         xp = backend.xp
         N, D = x.shape
-        t = xp.broadcast_to(xp.rint(self.schedule.step_of(network_time)).astype(xp.int64), (N,))
+        t = xp.broadcast_to(self.schedule.step_of(network_time).astype(xp.int64), (N,))
         a2 = self.alpha_bar[t][:, None]                                             # (N, 1)
         a, b = xp.sqrt(a2), xp.sqrt(1 - a2)
         v = a2 * self.var0 + (1 - a2)                                               # (N, K)

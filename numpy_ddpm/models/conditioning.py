@@ -1,8 +1,27 @@
-"""How the time t and the labels enter the lecture's models: appended to the input as one more
-column or channel (TimeAppender), and as a one-hot code of K + 1 classes (LabelAppender)."""
+"""How the time t and the labels enter the models. Every model receives the network time
+(network_time, with its inverse step_of beside it); the lecture's models append it to the input
+as one more column or channel (TimeAppender), and a label as a one-hot code of K + 1 classes
+(LabelAppender)."""
 
 from .. import backend
 from ..nn import Module
+
+
+def network_time(step, T, dtype=None):
+    """What a model sees of the step index k (0..T-1): k / (T - 1) - 0.5, in [-0.5, 0.5]. A float
+    for one index (a Python int: the whole batch's step), else an array of `dtype` (default the
+    working dtype) for indices per example (N,)."""
+    if not hasattr(step, "astype"):
+        return step / (T - 1) - 0.5
+    return step.astype(dtype or backend.dtype) / (T - 1) - 0.5
+
+
+def step_of(t, T):
+    """The inverse of network_time: the step k = round((t + 0.5) (T - 1)), float64 (a float or an
+    array (N,)). Exact for the integers 0..T-1 even from float32 t: float32's rounding of t (about
+    1e-7), times T - 1 = 999, is about 1e-4, far from the 0.5 that would round to a neighbour."""
+    xp = backend.xp
+    return xp.rint((xp.asarray(t, dtype=xp.float64) + 0.5) * (T - 1))
 
 
 class TimeAppender(Module):

@@ -17,8 +17,8 @@ as in the PyTorch port of the paper's code (pytorch_diffusion): "down.0.block.0.
 "mid.attn_1.q.weight", "up.1.upsample.conv.bias", "temb.dense.0.weight", ...
 
 Where this departs from the paper's code (each said again where it happens):
-- t: the models here receive the network time t / (T - 1) - 0.5 (schedule.network_time); the
-  paper embeds the integer step, which `step_of` recovers exactly for the integers that
+- t: the models here receive the network time t / (T - 1) - 0.5 (conditioning.network_time);
+  the paper embeds the integer step, which `conditioning.step_of` recovers exactly for the integers that
   Algorithm 1 and the samplers use. The sinusoids are computed in float64, then cast.
 - labels: the paper's model is unconditional; a learned class embedding (K + 1 classes, class K
   "no label", for classifier-free guidance) is added to the time embedding.
@@ -37,6 +37,7 @@ from .. import backend
 from ..errors import Error
 from ..nn import Concat, Conv2d, Dropout, GroupNorm, Linear, Module, SelfAttention, SiLU, uniform
 from ..nn import Upsample as NearestUpsample
+from .conditioning import step_of
 
 GROUPNORM_EPS = 1e-6        # the paper's (tf.contrib.layers.group_norm's default)
 
@@ -78,18 +79,6 @@ def attention_block(channels, groups, rng):
 
 
 # The time and the labels ----------------------------------------------------------------------
-
-def step_of(t, T):
-    """The integer step k from the network time t = k / (T - 1) - 0.5:  k = round((t + 0.5) (T - 1)),
-    the 0-based index that the paper's code embeds (its t ~ U{0, ..., T-1}).
-
-    Exact for the integers 0..T-1 even from float32 t: float32's rounding of t (about 1e-7),
-    times T - 1 = 999, is about 1e-4, far from the 0.5 that would round to a neighbour. A t
-    between the grid points is rounded to the nearest step. t: a float, or an array (N,).
-    Returns float64."""
-    xp = backend.xp
-    return xp.rint((xp.asarray(t, dtype=xp.float64) + 0.5) * (T - 1))
-
 
 def timestep_embedding(steps, dim):
     """The paper's get_timestep_embedding: for the half = dim / 2 frequencies
