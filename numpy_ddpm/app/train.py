@@ -47,12 +47,11 @@ def collapse_since(losses, warmup_steps):
     logged loss after the warm-up has been within COLLAPSE_BAND of 1 for COLLAPSE_STEPS steps
     or more (the lecture's net at 28x28 with a learning rate of 3e-3 does that for good)."""
     start = None
-    starts = [0] + [step for step, _ in losses[:-1]]        # each entry's window begins at the previous one
-    for previous, (_, loss) in zip(starts, losses):
-        if previous >= warmup_steps and abs(loss - 1) <= COLLAPSE_BAND:
-            start = previous if start is None else start
-        else:
-            start = None
+    for index in range(len(losses) - 1, -1, -1):            # back from the newest entry, while in the band
+        begins = losses[index - 1][0] if index else 0       # an entry's window begins at the previous one
+        if begins < warmup_steps or abs(losses[index][1] - 1) > COLLAPSE_BAND:
+            break
+        start = begins
     if start is not None and losses[-1][0] - start >= COLLAPSE_STEPS:
         return start
     return None
@@ -257,7 +256,7 @@ class Trainer:
             if config.reset_adam_each_epoch and offset == 0:
                 self.optimizer.reset()
             for k in range(offset, steps_per_epoch):
-                rng = step_rng(config.seed, self.step)          # this step's draws: t, eps, label drops
+                rng = step_rng(config.seed, self.step)          # this step's draws: t, eps, label drops, dropout
                 rows = order[k * config.batch_size:(k + 1) * config.batch_size]
                 x0, y = x_train[rows], None if labels is None else labels[rows]
                 self.optimizer.lr = learning_rate(self.step + 1, config.learning_rate, config.lr_schedule,
