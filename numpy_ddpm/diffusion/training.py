@@ -72,12 +72,10 @@ def train_step(model, optimizer, x0, schedule, rng, ema=None, labels=None, cond_
     #    (the lecture's figure writes alpha_t; the code, like the paper's eq. 14, uses alpha_bar_t)
     #    on this rank's rows of the batch (all of them in one process), and the all-reduce of
     #    the gradients makes it the whole batch's gradient on every rank (distributed.py)
-    if comm is None:
-        loss = loss_and_backward(model, x0, t, eps, schedule, labels, rng)
-    else:
-        mine = comm.part(x0.shape[0])
-        labels = None if labels is None else labels[mine]
-        loss = loss_and_backward(model, x0[mine], t[mine], eps[mine], schedule, labels, rng)
+    mine = slice(None) if comm is None else comm.part(x0.shape[0])
+    labels = None if labels is None else labels[mine]
+    loss = loss_and_backward(model, x0[mine], t[mine], eps[mine], schedule, labels, rng)
+    if comm is not None:
         loss = comm.sum_gradients(model.flat_grads, loss, x0.shape[0])
     optimizer.step()
     if ema is not None:
