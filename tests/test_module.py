@@ -121,3 +121,20 @@ def test_elementwise_layers_keep_the_layout_they_receive():
         y = layer.forward(x)
         assert y.shape == x.shape
         assert np.argsort(y.strides).tolist() == np.argsort(x.strides).tolist(), type(layer).__name__
+
+
+def test_upsampling_keeps_the_layout_it_receives_in_both_passes():
+    """Nearest upsampling and its backward (the 2x2 window sums) keep batch-last storage
+    batch-last, and C order in C order, with the same values either way."""
+    from numpy_ddpm.nn import Upsample
+    rng = np.random.default_rng(1)
+    x_c = backend.asarray(rng.standard_normal((2, 3, 4, 5)), dtype=backend.dtype)
+    dy_c = backend.asarray(rng.standard_normal((2, 3, 8, 10)), dtype=backend.dtype)
+    as_batch_last = lambda a: backend.xp.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    layer = Upsample()
+    for x, dy in ((x_c, dy_c), (as_batch_last(x_c), as_batch_last(dy_c))):
+        y, dx = layer.forward(x), layer.backward(dy)
+        for a, b in ((y, x), (dx, dy)):
+            assert np.argsort(a.strides).tolist() == np.argsort(b.strides).tolist()
+        np.testing.assert_array_equal(backend.to_numpy(y), backend.to_numpy(layer.forward(x_c)))
+        np.testing.assert_allclose(backend.to_numpy(dx), backend.to_numpy(layer.backward(dy_c)), rtol=1e-6)

@@ -9,17 +9,26 @@ class Upsample(Module):
     """Nearest-neighbour upsampling by 2: each pixel becomes a 2x2 block of copies.
 
     x: (N, C, H, W)   y: (N, C, 2H, 2W),   y[n, c, i, j] = x[n, c, i // 2, j // 2]
+
+    Both passes write their result in the memory order of their input (module.py's layout
+    contract: the batch-last storage Winograd hands on stays batch-last), one strided copy or sum
+    per position in the 2x2 window.
     """
 
     def forward(self, x):
         N, C, H, W = x.shape
-        copies = backend.xp.broadcast_to(x[:, :, :, None, :, None], (N, C, H, 2, W, 2))
-        return copies.reshape(N, C, 2 * H, 2 * W)
+        y = backend.xp.empty_like(x, shape=(N, C, 2 * H, 2 * W))          # order "K": x's memory order
+        for i in (0, 1):
+            for j in (0, 1):
+                y[:, :, i::2, j::2] = x
+        return y
 
     def backward(self, dy):
-        N, C, H2, W2 = dy.shape
         # every input pixel was copied into one 2x2 window: its gradient is the window's sum
-        return dy.reshape(N, C, H2 // 2, 2, W2 // 2, 2).sum(axis=(3, 5))       # (N, C, H, W)
+        dx = dy[:, :, 0::2, 0::2] + dy[:, :, 0::2, 1::2]                     # (N, C, H, W)
+        dx += dy[:, :, 1::2, 0::2]
+        dx += dy[:, :, 1::2, 1::2]
+        return dx
 
 
 class Concat(Module):
