@@ -195,3 +195,34 @@ def test_command(digits_cache, tmp_path):
                             text=True, env=env, cwd=ROOT, timeout=120)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "not (N,) + (1, 8, 8)" in lines[0]
+
+
+def test_conv_classifier_passes_the_finite_difference_check():
+    """The MNIST classifier's layers (stride-2 convolutions, Flatten, Linear), in float64 with
+    dropout off: backward against central differences, input and every parameter."""
+    from numpy_ddpm.nn import gradcheck
+    rng = np.random.default_rng(6)
+    with backend.precision("float64"):
+        model = classifier.build((1, 8, 8), hidden=(6, 5), seed=0, kind="conv", channels=(3, 4, 4))
+        x = backend.asarray(rng.standard_normal((2, 1, 8, 8)))
+        errors = gradcheck.check(model, x, rng=rng, max_entries=40)
+    assert set(errors) >= {"x", "0.weight", "2.weight", "4.weight", "7.weight"}, sorted(errors)
+    assert max(errors.values()) < 1e-6, errors
+
+
+MNIST_DIR = os.path.join(ROOT, "..", "shared", "data", "mnist")
+
+
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="no ../shared/data/mnist (a user's clone has none)")
+def test_conv_classifier_learns_real_mnist_digits():
+    """A few hundred real digits: the conv classifier's training path (the random similarity
+    transforms on 28x28 batches, stride-2 convolutions) learns far above chance in seconds."""
+    images, labels = classifier.labelled_split("mnist", "train", MNIST_DIR)
+    held_out, held_labels = classifier.labelled_split("mnist", "held_out", MNIST_DIR)
+    assert len(images) == 9000 and len(held_out) == 1000
+    settings = dict(classifier.SETTINGS["mnist"], channels=(8, 16, 16), hidden=(32, 16), nb_epochs=8, batch_size=32,
+                    learning_rate=3e-3, lr_schedule="constant")
+    model = classifier.build(images[0].shape, **settings)
+    classifier.fit(model, images[:1000], labels[:1000], **settings)
+    trained = classifier.Classifier(model, None, [], None, from_cache=False)
+    assert classifier.accuracy(trained, held_out[:300], held_labels[:300]) > 0.8

@@ -6,7 +6,7 @@ diffusion."""
 from .activations import SiLU, sigmoid
 from .attention import SelfAttention
 from .conv import Conv2d
-from .layers import Dropout, Linear, ReLU, uniform
+from .layers import Dropout, Flatten, Linear, ReLU, uniform
 from .losses import MSELoss, SoftmaxCrossEntropy
 from .module import Module, Sequential, evaluating
 from .norm import GroupNorm

@@ -85,3 +85,17 @@ class Dropout(Module):
         if self.mask is None:
             return dy
         return dy * self.mask               # dy/dx = mask: the dropped elements pass no gradient
+
+
+class Flatten(Module):
+    """y = x reshaped to (N, everything else): from a convolution's maps to a Linear layer.
+
+    x: (N, C, H, W)   y: (N, C*H*W)   backward: dy reshaped back to x's shape
+    """
+
+    def forward(self, x):
+        self.shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self.shape)
