@@ -103,6 +103,23 @@ def test_guided_eps_is_one_forward_pass(s):
     assert model.batches == ([5] if s in (0, 1) else [10])          # s = 0, 1: one half is enough
 
 
+def test_guided_eps_in_chunks_is_the_same_eps_in_smaller_forward_passes():
+    """chunk: the model sees at most that many rows (doubled under guidance); the eps is unchanged."""
+    x = np.random.default_rng(0).standard_normal((7, 2))
+    labels = np.array([0, 1, 2, 3, 1, 0, 2])
+    model = Recorder()
+    whole = guided_eps(model, x, 0.0, labels, 2.5)
+    model.batches = []
+    np.testing.assert_array_equal(guided_eps(model, x, 0.0, labels, 2.5, chunk=3), whole)
+    assert model.batches == [6, 6, 2]
+
+
+def test_sampling_chunks_images_not_points():
+    from numpy_ddpm.diffusion.sampling import CHUNK_ENTRIES, chunk_rows
+    assert chunk_rows((5000, 2)) == CHUNK_ENTRIES // 2 > 5000        # the toy demos' points: one pass
+    assert chunk_rows((1000, 1, 28, 28)) == CHUNK_ENTRIES // 784 < 1000
+
+
 class ConditionalOracle:
     """The exact eps of each class (class k: a 1-D Gaussian N(means[k], stds[k]^2)), and of the
     mixture of the classes (weights) for the "no label" class K."""

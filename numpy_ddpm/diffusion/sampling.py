@@ -7,20 +7,24 @@ DPM-Solver++ in dpm_solver.py plug in the same way). Samples are in the standard
 the data; step indices are 0-based (schedule.py), t_prev = -1 being the end of sampling.
 """
 
+import math
+
 from .. import backend
 from ..nn import evaluating
 
 
 def reverse_process(model, shape, schedule, rng, steps, step, progress=None, callback=None, labels=None,
-                    guidance=1.0):
+                    guidance=1.0, chunk=None):
     """Draw x_T ~ N(0, I) of `shape`, then for each (t, t_prev) of `steps` compute the model's
     eps at x_t (guided_eps) and x_t_prev = step(x_t, eps_hat, t, t_prev); return the last x.
 
     `progress` wraps the list of steps (e.g. a tqdm bar). `callback(t, x)` is called with x_T
     (t = T) and then after each step with x_t_prev, numbered t_prev + 1 (the paper's numbering:
     T - 1, ..., 0 for Algorithm 2). `labels` (N,) and `guidance` s: classifier-free guidance of
-    a conditional model (guided_eps). The model is in evaluation mode throughout.
+    a conditional model (guided_eps). The model is in evaluation mode throughout. The model
+    sees at most `chunk` rows of x at a time (chunk_rows: None chooses by the size of a row).
     """
+    chunk = chunk or chunk_rows(shape)
     with evaluating(model):                 # sampling needs no backward: keep nothing for it
         # 1: x_T ~ N(0, I)
         x = rng.standard_normal(shape, dtype=backend.dtype)
@@ -28,13 +32,23 @@ def reverse_process(model, shape, schedule, rng, steps, step, progress=None, cal
             callback(schedule.T, x)
         # 2: for t = T, ..., 1 (or the sampler's subset of the steps)
         for t, t_prev in (progress(steps) if progress else steps):
-            eps_hat = guided_eps(model, x, schedule.network_time(t), labels, guidance)
+            eps_hat = guided_eps(model, x, schedule.network_time(t), labels, guidance, chunk)
             # 3, 4: the sampler's step to x_{t_prev}
             x = step(x, eps_hat, t, t_prev)
             if callback is not None:
                 callback(t_prev + 1, x)
     # 6: return x_0
     return x
+
+
+CHUNK_ENTRIES = 2 ** 18     # of x in one forward pass while sampling: 334 images of 28x28
+
+
+def chunk_rows(shape):
+    """How many rows of x of `shape` the model sees at once while sampling: CHUNK_ENTRIES
+    entries' worth. Images are chunked (a 28x28 U-Net at 1000 images would hold gigabytes of
+    im2col columns and run out of the caches), points never (2^18 of them in 2-D)."""
+    return max(1, CHUNK_ENTRIES // math.prod(shape[1:]))
 
 
 def reverse_mean(xt, eps_hat, alpha, alpha_bar):
@@ -73,7 +87,7 @@ def generate(model, shape, schedule, rng, progress=None, callback=None, labels=N
 
 # Classifier-free guidance (Ho & Salimans 2022) -----------------------------------------------
 
-def guided_eps(model, x, t, labels=None, guidance=1.0):
+def guided_eps(model, x, t, labels=None, guidance=1.0, chunk=None):
     """eps = eps_theta(x, t, null) + s (eps_theta(x, t, y) - eps_theta(x, t, null)), the
     lecture's convention: s = 1 is the plain conditional model, s = 0 the unconditional one
     (the "no label" class K = model.nb_classes), s > 1 pushes x_t towards its class and away
@@ -81,8 +95,12 @@ def guided_eps(model, x, t, labels=None, guidance=1.0):
     labels [y; K]. labels=None: the unconditional model, eps_theta(x, t).
 
     x: (N, ...)   t: the network time (a float)   labels: (N,) integers in 0..K
+    With `chunk`, the model sees at most that many rows of x at a time (the same eps, in bounded memory).
     """
     xp = backend.xp
+    if chunk and x.shape[0] > chunk:
+        return xp.concatenate([guided_eps(model, x[n0:n0 + chunk], t, None if labels is None else labels[n0:n0 + chunk],
+                                          guidance) for n0 in range(0, x.shape[0], chunk)])
     if labels is None:
         return model.forward(x, t)
     labels = backend.asarray(labels)
