@@ -13,7 +13,7 @@ sys.path.insert(0, ROOT)
 from numpy_ddpm import backend  # noqa: E402
 from numpy_ddpm.diffusion import generate, train_step  # noqa: E402
 from numpy_ddpm.layers import Conv2d  # noqa: E402
-from numpy_ddpm.models import convnet, mlp  # noqa: E402
+from numpy_ddpm.models import convnet, mlp, unet  # noqa: E402
 from numpy_ddpm.optim import EMA, Adam  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
 
@@ -29,6 +29,33 @@ def mlp_forward_flops(n, dim=2, hidden=256):
 def conv_forward_flops(n, h, w, channels=1, width=64, k=5):
     layers = [(channels + 1, width)] + [(width, width)] * 5 + [(width, channels)]
     return sum(2 * n * h * w * c_in * k * k * c_out for c_in, c_out in layers)
+
+
+def unet_forward_flops(n, model):
+    """The matrix products of one forward pass of `model` (a U-Net) at batch n, counted by
+    running it once on one 28x28 image: every convolution and Linear layer, and attention's
+    q k^T and weights v (2 (HW)^2 C each)."""
+    from numpy_ddpm.nn import Linear, SelfAttention
+    counted = []
+
+    def counting(module, count):
+        forward = module.forward
+
+        def wrapped(x, *args, **kwargs):
+            y = forward(x, *args, **kwargs)
+            counted.append(count(module, x, y))
+            return y
+        module.forward = wrapped
+    for module in model.modules():
+        if isinstance(module, Conv2d):
+            counting(module, lambda m, x, y: 2 * y.size * m.w[0].size)
+        elif isinstance(module, Linear):
+            counting(module, lambda m, x, y: 2 * y.size * m.w.shape[1])
+        elif isinstance(module, SelfAttention):
+            counting(module, lambda m, x, y: 4 * (x.shape[2] * x.shape[3]) ** 2 * x.shape[1])
+    with backend.precision("float32"):
+        model.train(False).forward(backend.xp.zeros((1, 1, 28, 28), backend.dtype), backend.xp.zeros(1, backend.dtype))
+    return n * sum(counted)
 
 
 # Our implementation ---------------------------------------------------------------------------
@@ -70,6 +97,15 @@ def ours_sampling_steps(make, shape, nb_steps, algorithm=None):
     def run():
         generate(model, shape, Tail, rng)
     return run
+
+
+def ours_unet_forward(n):
+    """One forward pass of the U-Net (base 32) at batch n in evaluation mode: a sampling step's cost."""
+    model = unet(1, image_size=28).train(False)
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((n, 1, 28, 28)), dtype=backend.dtype)
+    t = Schedule().network_time(backend.asarray(rng.integers(0, T, n)), backend.dtype)
+    return lambda: model.forward(x, t)
 
 
 def sync():
@@ -155,6 +191,47 @@ def torch_sampling_steps(model_name, shape, nb_steps, device):
     return run
 
 
+def torch_unet(device):
+    from torch_unet import TorchUNet
+    return TorchUNet(channels=1, base=32, multipliers=(1, 2, 2), nb_blocks=1, attention=(7,), groups=8,
+                     image_size=28, dropout=0.1).to(device)
+
+
+def torch_unet_train(n, device):
+    """Algorithm 1 with Adam and the EMA, as torch_train_step, the U-Net taking the integer step."""
+    import torch
+    model = torch_unet(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    ema = [p.detach().clone() for p in model.parameters()]
+    beta = torch.linspace(1e-4, 0.02, T, device=device)
+    alpha_bar = (1 - beta).log().cumsum(0).exp()
+    x0 = torch.randn((n, 1, 28, 28), device=device)
+
+    def step():
+        t = torch.randint(T, (n,), device=device)
+        eps = torch.randn_like(x0)
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        loss = (eps - model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for average, p in zip(ema, model.parameters()):
+                average.copy_(0.9999 * average + (1 - 0.9999) * p)
+    return step
+
+
+def torch_unet_forward(n, device):
+    import torch
+    model = torch_unet(device).eval()
+    x, t = torch.randn((n, 1, 28, 28), device=device), torch.randint(T, (n,), device=device)
+
+    def run():
+        with torch.no_grad():
+            model(x, t)
+    return run
+
+
 class Workload:
     """One row of the benchmark: `ours(algorithm)` and `torch(device)` build a function to
     time (one call: a training step, or a sampling run); `flops` are the matrix products'
@@ -201,4 +278,12 @@ def workloads(quick):
                              lambda d, h=h, n=n: torch_sampling_steps("convnet", (n, 1, h, h), sample_steps, d),
                              sample_steps * conv_forward_flops(n, h, h), 1, 3 if quick else 5, n * sample_steps / T,
                              algorithms=CONV_ALGORITHMS))
+    if not quick:       # the paper's network (models/unet.py): base 32, (1, 2, 2), one block a level, 1.1 M weights
+        rows.append(Workload("U-Net train step, 28x28, batch 64", "train",
+                             lambda a: ours_train(lambda: unet(1, image_size=28), (64, 1, 28, 28)),
+                             lambda d: torch_unet_train(64, d), 3 * unet_forward_flops(64, unet(1, image_size=28)),
+                             2, 5))
+        rows.append(Workload("U-Net forward, 256 images 28x28", "sample", lambda a: ours_unet_forward(256),
+                             lambda d: torch_unet_forward(256, d), unet_forward_flops(256, unet(1, image_size=28)),
+                             1, 5, 256 / T))
     return rows
