@@ -80,5 +80,5 @@ def test_the_fast_recipe_is_per_data_set_and_model():
         def __init__(self, data, model):
             self.data, self.model = data, model
     assert demo.fast(Args("digits", "lecture"))["learning_rate"] == 3e-3             # today's recipe
-    assert demo.fast(Args("mnist", "lecture"))["learning_rate"] == 1e-3              # 3e-3 collapses it
+    assert demo.fast(Args("mnist", "lecture"))["learning_rate"] == 5e-4     # 3e-3 collapses it, 1e-3 diverged
     assert demo.fast(Args("mnist", "unet")) is demo.FAST_UNET
