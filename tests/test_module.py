@@ -130,7 +130,9 @@ def test_upsampling_keeps_the_layout_it_receives_in_both_passes():
     rng = np.random.default_rng(1)
     x_c = backend.asarray(rng.standard_normal((2, 3, 4, 5)), dtype=backend.dtype)
     dy_c = backend.asarray(rng.standard_normal((2, 3, 8, 10)), dtype=backend.dtype)
-    as_batch_last = lambda a: backend.xp.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+    def as_batch_last(a):               # (N, C, H, W) view of (C, H, W, N) storage
+        return backend.xp.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
     layer = Upsample()
     for x, dy in ((x_c, dy_c), (as_batch_last(x_c), as_batch_last(dy_c))):
         y, dx = layer.forward(x), layer.backward(dy)
