@@ -1,7 +1,5 @@
 """The U-Net's activation: SiLU (swish), and the sigmoid it is built on."""
 
-import numpy as np
-
 from .. import backend
 from .module import Module
 
@@ -15,7 +13,7 @@ def sigmoid(x):
     form exp(-|x|) chosen by sign avoids the overflow but takes three times as long.)
     """
     xp = backend.xp
-    with np.errstate(over="ignore"):            # numpy's flags; cupy never warns
+    with backend.np.errstate(over="ignore"):    # numpy's flags (backend.np: host numpy); cupy never warns
         s = xp.negative(x)
         xp.exp(s, out=s)
         s += 1
