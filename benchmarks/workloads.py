@@ -147,7 +147,12 @@ def torch_train_step(model, optimizer, ema, x0, alpha_bar):
     eps = torch.randn_like(x0)
     xt = torch.sqrt(alpha_bar[t]) * x0 + torch.sqrt(1 - alpha_bar[t]) * eps
     output = model((xt, t / (T - 1) - 0.5))
-    loss = (eps - output).pow(2).mean()
+    torch_update(model, optimizer, ema, (eps - output).pow(2).mean())
+
+
+def torch_update(model, optimizer, ema, loss):
+    """Adam's step on the loss's gradients, then the EMA of the weights."""
+    import torch
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -211,13 +216,7 @@ def torch_unet_train(n, device):
         t = torch.randint(T, (n,), device=device)
         eps = torch.randn_like(x0)
         a = alpha_bar[t].view(-1, 1, 1, 1)
-        loss = (eps - model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            for average, p in zip(ema, model.parameters()):
-                average.copy_(0.9999 * average + (1 - 0.9999) * p)
+        torch_update(model, optimizer, ema, (eps - model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t)).pow(2).mean())
     return step
 
 
