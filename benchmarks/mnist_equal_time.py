@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from numpy_ddpm import backend, data, models
+from numpy_ddpm import backend, models
 from numpy_ddpm.diffusion import Schedule, ddim_generate
 from numpy_ddpm.evaluation import classifier, quality
 from numpy_ddpm.evaluation.plots import image_grid, plt
@@ -63,7 +63,6 @@ def main():
     parser.add_argument("--sampling-steps", type=int, default=100)
     parser.add_argument("--out", help="PNG of the runs' first 100 samples side by side")
     args = parser.parse_args()
-    data.require("mnist", data.IMAGES, "image data set")
     print("| model | samples | FD | floor | FD / floor | max prob >= 0.9 | mean entropy |")
     print("|---|---|---|---|---|---|---|")
     grids = []
