@@ -166,6 +166,24 @@ def test_toy_demo_end_to_end(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
 
 
+def test_toy_fast_recipe_skips_the_bound_unless_asked(tmp_path):
+    """--recipe fast leaves out the bound (a fifth of its whole process); --bound brings it back,
+    and the lecture's configuration computes it as before."""
+    sys.path.insert(0, os.path.join(ROOT, "demos"))
+    import toy2d
+
+    from numpy_ddpm.app import cli
+    parse = lambda *flags: cli.parse(toy2d.parser(), list(flags)).no_bound       # noqa: E731
+    assert (parse(), parse("--recipe", "fast"), parse("--recipe", "fast", "--bound"), parse("--no-bound")) \
+        == (False, True, False, True)
+    out = str(tmp_path / "fast")
+    result = run_demo("toy2d.py", "--recipe", "fast", "--nb-samples", "512", "--nb-epochs", "1", "--nb-generated",
+                      "20", "--sampling-steps", "5", "--out", out, "--no-window", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "NLL bound" not in result.stdout and "distance / floor" in result.stdout
+    assert not os.path.exists(os.path.join(out, "bound.png")) and os.path.exists(os.path.join(out, "toy.png"))
+
+
 @pytest.mark.parametrize("args,expected", [
     (["--data", "nope"], "unknown data set 'nope'"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
