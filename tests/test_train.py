@@ -63,6 +63,19 @@ def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
     assert resumed.optimizer.t == full.optimizer.t
 
 
+@pytest.mark.parametrize("every,saved_at", [(0.0, [10, 20, 30]), (1e9, [30])])
+def test_checkpoints_at_epoch_ends_at_most_every_save_every_seconds(tmp_path, monkeypatch, every, saved_at):
+    """An epoch's end writes the checkpoint once SAVE_EVERY seconds have passed since the last
+    (so short epochs do not spend their time saving); the end of training always does."""
+    from numpy_ddpm.app import train
+    monkeypatch.setattr(train, "SAVE_EVERY", every)
+    saves = []
+    monkeypatch.setattr(Trainer, "save", lambda self, path: saves.append(self.step))
+    x = backend.asarray(data.standardise(data.toy("spiral", 95, seed=3))[0])   # 10 steps an epoch
+    make_trainer().fit(x, checkpoint_path=str(tmp_path / "c.npz"), progress=False)
+    assert saves == saved_at
+
+
 def trained_with_checkpoint(tmp_path, nb_samples, steps):
     """(trainer, data, checkpoint path) after `steps` steps on the spiral."""
     x = backend.asarray(data.standardise(data.toy("spiral", nb_samples, seed=3))[0])
