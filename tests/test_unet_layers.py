@@ -147,6 +147,23 @@ def test_groupnorm_far_from_zero_in_float32(xp_backend):
     assert np.abs(y32 - y64).max() < 1e-3 * np.abs(y64).max()
 
 
+def test_groupnorm_keeps_the_batch_last_memory_order(float64):
+    """On the (N, C, H, W) views of (C, H, W, N) storage that Winograd hands on, GroupNorm's
+    forward and backward give what they give on C-ordered copies, and hand on the same memory
+    order (no layer may assume C-contiguous input: module.py)."""
+    rng = np.random.default_rng(8)
+    layer, plain = randomise(GroupNorm(4, 8), rng), GroupNorm(4, 8)
+    plain.gamma[...], plain.beta[...] = layer.gamma, layer.beta
+    batch_last = lambda a: backend.xp.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)  # noqa: E731
+    x, dy = randn(rng, 3, 8, 5, 5), randn(rng, 3, 8, 5, 5)
+    y, y_plain = layer.forward(batch_last(x)), plain.forward(x)
+    dx, dx_plain = layer.backward(batch_last(dy)), plain.backward(dy)
+    for ours, reference in ((y, y_plain), (dx, dx_plain), (layer.dgamma, plain.dgamma), (layer.dbeta, plain.dbeta)):
+        np.testing.assert_allclose(to_np(ours), to_np(reference), rtol=1e-12, atol=1e-12)
+    for ours in (y, dx):
+        assert ours.transpose(1, 2, 3, 0).flags.c_contiguous, ours.strides
+
+
 def test_groupnorm_groups_must_divide_channels():
     with pytest.raises(ValueError, match="3 groups do not divide its 8 channels"):
         GroupNorm(3, 8)
