@@ -1,14 +1,18 @@
 """Sample quality against sampling steps: DDPM (Algorithm 2, all 1000 steps), DDIM (10, 20, 50,
 100, 200 steps, eta 0 and 1) and DPM-Solver++ (2M and 3M, 5 to 50 steps) from the same trained
-toy models.
+toy models, and from image models (the 8x8 digits of demos/mnist.py).
 
     python benchmarks/ddim_steps.py runs/ddim/spiral/checkpoint.npz runs/ddim/two_discs/checkpoint.npz
+    python benchmarks/ddim_steps.py runs/mnist/checkpoint.npz --nb-generated 148  # digits: FD / floor
     python benchmarks/ddim_steps.py --train spiral two_discs      # trains them first (the lecture's
                                                                   # configuration, demos/toy2d.py)
 
 For each checkpoint (EMA weights), 5000 points from each sampler: the sliced Wasserstein
 distance to fresh data over its floor (metrics.distance_to_data; 1 = as close as another draw
 of the data) and the seconds the sampling took, one sampler after the other in this process.
+For an image model (digits), the Fréchet distance in our digit classifier's features over its
+floor instead (evaluation/quality.py: min(N, 148) samples against as many of the 297 held-out
+digits, 10 draws; 148 samples use all it can).
 One draw's ratio moves by several tenths with the seed (on two_discs mostly through the share
 of points in each disc), so --seeds 0,1,2 reports the mean and the range over seeds.
 Writes into --out: ddim_steps.md (the table), ddim_steps.json and ddim_steps.png (distance /
@@ -25,10 +29,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from numpy_ddpm import backend, cpu  # noqa: E402
+from numpy_ddpm import backend, cpu, data  # noqa: E402
 from numpy_ddpm.diffusion import ddim_generate, generate  # noqa: E402
 from numpy_ddpm.diffusion.dpm_solver import dpm_solver_generate  # noqa: E402
-from numpy_ddpm.evaluation import metrics  # noqa: E402
+from numpy_ddpm.evaluation import metrics, quality  # noqa: E402
 from numpy_ddpm.likelihood import load_model  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
 
@@ -49,19 +53,29 @@ def samplers(steps, etas, dpm_steps=(), dpm_orders=()):
     return rows
 
 
+def distance_and_floor(x, name, seed):
+    """(distance, floor) of samples x in the data's scale: the sliced Wasserstein distance to
+    fresh toy data, or for images the Fréchet distance to the held-out images."""
+    if name not in data.IMAGES:
+        return metrics.distance_to_data(x, name, seed=12345 + 2 * seed)
+    result = quality.report(x, name)
+    return result["fd"], result["floor"]
+
+
 def measure(path, nb_generated, steps, etas, seeds, dpm_steps=(), dpm_orders=()):
     model, meta, nb_classes = load_model(path)
     if nb_classes is not None:
         raise SystemExit(f"{path} holds a conditional model; this measures unconditional ones")
     schedule, name = Schedule(), meta["data"]
+    shape = (nb_generated,) + (data.images(name, 1).shape[1:] if name in data.IMAGES else (2,))
     rows = []
     for label, S, eta, draw in samplers(steps, etas, dpm_steps, dpm_orders):
         for seed in seeds:
             rng = backend.default_rng(seed, 1_000_003)
             start = time.perf_counter()
-            x = backend.to_numpy(draw(model, (nb_generated, 2), schedule, rng))
+            x = backend.to_numpy(draw(model, shape, schedule, rng))
             seconds = time.perf_counter() - start
-            distance, floor = metrics.distance_to_data(x * meta["std"] + meta["mean"], name, seed=12345 + 2 * seed)
+            distance, floor = distance_and_floor(x * meta["std"] + meta["mean"], name, seed)
             rows.append({"data": name, "sampler": label, "steps": S, "eta": eta, "seed": seed, "distance": distance,
                          "floor": floor, "ratio": distance / floor, "seconds": seconds})
             print(f"{name:<10} {label:<12} {S:>5} steps  seed {seed}  distance / floor {distance / floor:6.2f}  "
@@ -121,7 +135,7 @@ def plot(rows, path):
         ax.set_yticks([1, 1.5, 2, 3, 5, 10], ["1", "1.5", "2", "3", "5", "10"], minor=False)
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("sampling steps (network evaluations)")
-        ax.set_ylabel("sliced Wasserstein distance / floor")
+        ax.set_ylabel("FD / floor" if name in data.IMAGES else "sliced Wasserstein distance / floor")
         ax.set_title(name)
         ax.legend(fontsize="small")
     fig.tight_layout()
@@ -131,7 +145,7 @@ def plot(rows, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("checkpoints", nargs="*", help="checkpoint.npz of toy2d.py runs (2-D sets)")
+    parser.add_argument("checkpoints", nargs="*", help="checkpoint.npz of toy2d.py runs (2-D sets) or mnist.py runs")
     parser.add_argument("--train", nargs="*", default=[], metavar="DATA",
                         help="first train these sets with demos/toy2d.py at its defaults, into --out/DATA")
     parser.add_argument("--nb-generated", type=int, default=5000)
