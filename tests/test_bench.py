@@ -1,5 +1,6 @@
 """The benchmark scripts: bench.py --quick runs and prints its table (a smoke test: no timing is
-asserted); recipes.py and recipe_noise.py tabulate, redraw and judge what they should."""
+asserted); recipes.py and recipe_noise.py tabulate, redraw and judge what they should;
+toy_process.py finds the demo's phases."""
 
 import json
 import os
@@ -82,3 +83,24 @@ def test_recipe_noise_verdict_and_perfect_sampler():
     assert noise.verdict(low, [0.8, 1.3, 1.0, 1.1]).startswith("same")
     scores = noise.perfect_sampler("moons", nb_draws=5)
     assert len(set(scores)) == 5 and 0.3 < sorted(scores)[2] < 3          # fresh data scores near its floor
+
+
+def test_toy_process_times_the_demos_phases(tmp_path, monkeypatch):
+    """toy_process.py's wrapped run finds every phase of the demo (the bound where it runs, none
+    where it is skipped), and the phases add up to the run's total."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import argparse
+
+    import toy_process
+    tiny = ["--data", "gaussian_mixture", "--nb-samples", "200", "--nb-epochs", "1", "--nb-generated", "50",
+            "--hidden", "16"]
+    monkeypatch.setattr(toy_process, "CONFIGS", {"with bound": tiny, "without": tiny + ["--no-bound"]})
+    args = argparse.Namespace(data="spiral", out=str(tmp_path))
+    with_bound, without = toy_process.phases("with bound", args), toy_process.phases("without", args)
+    expected = {"imports", "training", "sampling", "figures", "metric", "total"}
+    assert set(with_bound) == expected | {"bound (with bound.png)"} and set(without) == expected
+    for parts in (with_bound, without):
+        assert all(seconds > 0 for seconds in parts.values())
+        assert sum(s for name, s in parts.items() if name != "total") <= parts["total"]
+    assert (tmp_path / "with bound" / "bound.png").exists() and not (tmp_path / "without" / "bound.png").exists()
+    assert toy_process.machine()["blas"], "threadpoolctl names no BLAS"
