@@ -139,7 +139,7 @@ def naive_conv_backward(x, w, P, dy):
 @pytest.mark.parametrize("columns", ["kept", "chunked", "rebuilt"])
 def test_conv2d_against_loops(xp_backend, float64, N, C, O, H, W, K, P, columns):
     rng = np.random.default_rng(4)
-    layer = Conv2d(C, O, K, P, rng)
+    layer = Conv2d(C, O, K, P, rng, algorithm="im2col")       # its columns kept, chunked or rebuilt
     if columns == "chunked":  # a budget of one image's columns forces the chunked path
         layer.max_col_bytes = C * K * K * (H + 2 * P - K + 1) * (W + 2 * P - K + 1) * 8
         assert len(layer._chunks((N, C, H, W))) == N
@@ -154,6 +154,35 @@ def test_conv2d_against_loops(xp_backend, float64, N, C, O, H, W, K, P, columns)
     np.testing.assert_allclose(to_np(dx), dx_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(to_np(layer.dw), dw_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(to_np(layer.db), db_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["C-ordered", "batch last", "batch second", "strided"])
+def test_pointwise_convolution_against_loops(xp_backend, float64, layout):
+    """A 1x1 kernel ("auto") is one product over the channels on x where it lies: the same
+    outputs and gradients as the loops, in the memory order x came in (Winograd's batch-last,
+    im2col's batch-second) without copying it, and from a copy otherwise."""
+    rng = np.random.default_rng(6)
+    N, C, O, H, W = 3, 4, 5, 6, 7
+    layer = Conv2d(C, O, 1, 0, rng)
+    x, dy = rng.standard_normal((N, C, H, W)), rng.standard_normal((N, O, H, W))
+    stored = {"C-ordered": (0, 1, 2, 3), "batch last": (1, 2, 3, 0), "batch second": (1, 0, 2, 3),
+              "strided": (3, 0, 2, 1)}[layout]                      # the axes of x in memory, outermost first
+
+    def laid_out(a):
+        inverse = sorted(range(4), key=stored.__getitem__)
+        return backend.xp.ascontiguousarray(backend.asarray(a).transpose(stored)).transpose(inverse)
+
+    x_dev = laid_out(x)
+    y = layer.forward(x_dev)
+    assert type(layer.used).__name__ == "PointwiseConvolution"
+    np.testing.assert_allclose(to_np(y), naive_conv(x, to_np(layer.w), to_np(layer.b), 0), rtol=1e-10, atol=1e-12)
+    if layout in ("batch last", "batch second"):        # y in x's order: channel first, the rest as in x
+        assert y.transpose(stored).flags.c_contiguous
+    dx = layer.backward(laid_out(dy))
+    dx_ref, dw_ref, db_ref = naive_conv_backward(x, to_np(layer.w), 0, dy)
+    for ours, reference in ((dx, dx_ref), (layer.dw, dw_ref), (layer.db, db_ref)):
+        np.testing.assert_allclose(to_np(ours), reference, rtol=1e-10, atol=1e-12)
+    assert not vars(layer.used), "the pointwise path keeps nothing but the layer's x"
 
 
 def test_parameter_gradients_accumulate(float64):

@@ -1,4 +1,5 @@
-"""Conv2d: a 2-D convolution with its two algorithms, im2col (the reference) and Winograd."""
+"""Conv2d: a 2-D convolution with its algorithms, im2col (the reference), Winograd, and one
+matrix product for 1x1 kernels."""
 
 import math
 import numbers
@@ -8,6 +9,7 @@ from . import winograd
 from .im2col import Buffers, Im2colConvolution, output_size
 from .layers import uniform
 from .module import Module
+from .pointwise import PointwiseConvolution
 
 
 class Conv2d(Module):
@@ -21,11 +23,12 @@ class Conv2d(Module):
 
     `algorithm` says how it is computed: "im2col", im2col + one matrix product (im2col.py, the
     reference); "winograd", Winograd's F(4x4, r x r) on stacked tiles (winograd.py; kernel
-    sizes 3 and 5, stride 1), fewer multiplications; "auto", Winograd on the numpy backend in
-    float32 where it applies, im2col elsewhere (so the float64 gradient checks, the GPU and the
-    strided convolutions run the reference). Each algorithm keeps what its backward needs; how
-    much memory that takes, and the batch chunking that bounds it, is told in im2col.py's
-    Im2colConvolution.
+    sizes 3 and 5, stride 1), fewer multiplications; "auto", one matrix product over the
+    channels for a 1x1 kernel at stride 1 (pointwise.py: no column copies), Winograd on the
+    numpy backend in float32 where it applies, im2col elsewhere (so the float64 gradient checks
+    of the 3x3 layers, the GPU's and the strided convolutions run the reference). Each
+    algorithm keeps what its backward needs; how much memory that takes, and the batch chunking
+    that bounds it, is told in im2col.py's Im2colConvolution.
     `work_buffers` holds the arrays needed only for a moment; the root of a model gives all its
     convolutions one shared set (Module.flatten).
     """
@@ -48,6 +51,7 @@ class Conv2d(Module):
             raise ValueError(f"Winograd's convolution is defined here for stride 1 only, not stride {stride}")
         self.algorithm = algorithm
         self._im2col, self._winograd = Im2colConvolution(), winograd.WinogradConvolution()
+        self._pointwise = PointwiseConvolution()
         rng = rng if rng is not None else backend.host_rng()
         self.KH = self.KW = kernel_size
         self.P = padding
@@ -74,6 +78,8 @@ class Conv2d(Module):
 
     def algorithm_for(self, x):
         """The algorithm object that computes this layer on input x (see `algorithm`)."""
+        if self.algorithm == "auto" and self.KH == 1 and self.S == 1:
+            return self._pointwise
         if self.algorithm == "winograd" or (self.algorithm == "auto" and self.S == 1 and backend.name == "numpy"
                                             and x.dtype == backend.xp.float32 and winograd.supports(self.KH)):
             return self._winograd
