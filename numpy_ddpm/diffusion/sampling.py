@@ -41,7 +41,10 @@ def reverse_process(model, shape, schedule, rng, steps, step, progress=None, cal
     return x
 
 
-CHUNK_ENTRIES = 2 ** 18     # of x in one forward pass while sampling: 334 images of 28x28
+# Entries of x in one forward pass while sampling: 83 images of 28x28. Smaller passes keep more
+# of each layer's activations in the caches: the U-Net's forward took 12.3 ms an image at 83
+# images against 17.2 at 334 (2^18 entries), the lecture's conv net 7.2 against 7.4 (AVX2 EPYC).
+CHUNK_ENTRIES = 2 ** 16
 
 
 def chunk_rows(shape):
