@@ -6,7 +6,7 @@ and cached by cupy after their first compilation.
 import cupy
 
 from numpy_ddpm.diffusion import ddim, dpm_solver, sampling, training
-from numpy_ddpm.nn import optim
+from numpy_ddpm.nn import activations, optim
 
 # Adam, as optim.adam_update:
 #   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
@@ -126,6 +126,31 @@ def dpm_solver_update(xs, eps_hat, s, t, before, schedule):
     return _dpm_solver_update(xs, eps_hat, *earlier, T(alpha_s), T(sigma_s), T(a), *(T(b_i) for b_i in b))
 
 
+# SiLU, as activations.silu_forward and silu_backward: s = sigmoid(x), y = x s in one pass;
+# dx = dy (s + x s (1 - s)) in another. exp(-x) overflows to inf below x = -88 in float32, and
+# 1 / (1 + inf) = 0 is the correctly rounded sigmoid there, as in the reference.
+_silu_forward = cupy.ElementwiseKernel(
+    "T x", "T y, T s",
+    """
+    s = 1 / (1 + exp(-x));
+    y = x * s;
+    """,
+    "numpy_ddpm_silu_forward")
+
+_silu_backward = cupy.ElementwiseKernel(
+    "T dy, T x, T s", "T dx",
+    "dx = dy * (s + x * s * (1 - s));",
+    "numpy_ddpm_silu_backward")
+
+
+def silu_forward(x):
+    return _silu_forward(x)
+
+
+def silu_backward(dy, x, s):
+    return _silu_backward(dy, x, s)
+
+
 # name -> (fused kernel, the reference it must match)
 REFERENCES = {
     "adam_update": (adam_update, optim.adam_update),
@@ -134,5 +159,7 @@ REFERENCES = {
     "sampling_step": (sampling_step, sampling.sampling_step),
     "ddim_step": (ddim_step, ddim.ddim_step),
     "dpm_solver_update": (dpm_solver_update, dpm_solver.dpm_solver_update),
+    "silu_forward": (silu_forward, activations.silu_forward),
+    "silu_backward": (silu_backward, activations.silu_backward),
 }
 REGISTRY = {name: fused for name, (fused, _) in REFERENCES.items()}

@@ -13,6 +13,7 @@ import pytest
 
 from numpy_ddpm import backend, diffusion, optim
 from numpy_ddpm.diffusion import dpm_solver
+from numpy_ddpm.nn import activations
 from numpy_ddpm.schedule import Schedule
 
 
@@ -32,7 +33,7 @@ class EmulatedElementwiseKernel:
         if not outputs:
             shape = np.broadcast_shapes(*[np.shape(a) for a in inputs])
             outputs = [np.empty(shape, dtype) for _ in self.outputs]
-        names = dict(zip(self.inputs, inputs), sqrt=np.sqrt)
+        names = dict(zip(self.inputs, inputs), sqrt=np.sqrt, exp=np.exp)
         names.update({k: v.copy() for k, v in zip(self.outputs, outputs)})
         exec(self.body, {}, names)
         for name, out in zip(self.outputs, outputs):
@@ -57,6 +58,8 @@ def test_every_fused_kernel_has_its_reference(kernels):
     assert kernels.REFERENCES["sampling_step"][1] is diffusion.sampling_step
     assert kernels.REFERENCES["ddim_step"][1] is diffusion.ddim_step
     assert kernels.REFERENCES["dpm_solver_update"][1] is dpm_solver.dpm_solver_update
+    assert kernels.REFERENCES["silu_forward"][1] is activations.silu_forward
+    assert kernels.REFERENCES["silu_backward"][1] is activations.silu_backward
     assert set(kernels.REGISTRY) == set(kernels.REFERENCES)
 
 
@@ -155,3 +158,45 @@ def test_dpm_solver_generate_through_the_emulated_kernels(kernels, monkeypatch):
     fused = sample()
     backend._fused_kernels.clear()
     np.testing.assert_allclose(fused, sample(), rtol=1e-4, atol=1e-5)
+
+
+def test_silu_kernels(kernels):
+    """One pass each way, as the references, down to the overflow of exp(-x) (x = -1000: 0)."""
+    rng = np.random.default_rng(6)
+    x, dy = arrays(rng, 4, 8, 5, 5, n=2)
+    x.flat[:4] = [-1000, -90, 90, 1000]
+    with np.errstate(over="ignore"):                  # the emulator's numpy exp; CUDA's never warns
+        fused = kernels.silu_forward(x)
+        reference = activations.silu_forward(x)
+    for a, b in zip(fused, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert fused[0].flat[0] == 0 and fused[0].flat[3] == 1000
+    np.testing.assert_allclose(kernels.silu_backward(dy, x, reference[1]),
+                               activations.silu_backward(dy, x, reference[1]), rtol=1e-6, atol=1e-7)
+
+
+def test_unet_step_through_the_emulated_silu(kernels, monkeypatch):
+    """A U-Net's loss and gradients with the fused SiLU registered, as backend.use("cupy") does."""
+    from numpy_ddpm.diffusion import loss_and_backward
+    from numpy_ddpm.models import unet
+
+    def step():
+        model = unet(base=8, groups=2, image_size=8, attention=(), dropout=0.0, seed=3)
+        rng = np.random.default_rng(7)
+        x0 = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+        loss = loss_and_backward(model, x0, np.array([5, 500, 900]), rng.standard_normal(x0.shape).astype(np.float32),
+                                 Schedule())
+        return float(loss), model.flat_grads.copy()
+    plain = step()
+    calls = []
+
+    def counted(name):
+        def kernel(*args):
+            calls.append(name)
+            return kernels.REGISTRY[name](*args)
+        return kernel
+    monkeypatch.setattr(backend, "_fused_kernels", {name: counted(name) for name in ("silu_forward", "silu_backward")})
+    fused = step()
+    assert set(calls) == {"silu_forward", "silu_backward"}
+    assert fused[0] == pytest.approx(plain[0], rel=1e-5)
+    np.testing.assert_allclose(fused[1], plain[1], rtol=1e-3, atol=1e-5)

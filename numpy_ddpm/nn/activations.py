@@ -20,15 +20,26 @@ def sigmoid(x):
         return xp.reciprocal(s, out=s)
 
 
+def silu_forward(x):
+    """(y, s): y = x sigmoid(x), and s = sigmoid(x), which the backward reuses."""
+    s = sigmoid(x)
+    return x * s, s
+
+
+def silu_backward(dy, x, s):
+    """dL/dx from dL/dy, x and s = sigmoid(x): d/dx x s(x) = s + x s', with s' = s (1 - s)."""
+    return dy * (s + x * s * (1 - s))
+
+
 class SiLU(Module):
-    """y = x sigmoid(x) (Elfwing et al., 2018; "swish"), any shape."""
+    """y = x sigmoid(x) (Elfwing et al., 2018; "swish"), any shape. On cupy each pass is one
+    fused kernel (cupy_backend/kernels.py), checked against silu_forward and silu_backward."""
 
     def forward(self, x):
-        s = sigmoid(x)
+        y, s = backend.fused("silu_forward", silu_forward)(x)
         if self.training:                   # sampling keeps nothing for a backward pass
             self.x, self.s = x, s
-        return x * s
+        return y
 
     def backward(self, dy):
-        s = self.s
-        return dy * (s + self.x * s * (1 - s))      # d/dx x s(x) = s + x s', with s' = s (1 - s)
+        return backend.fused("silu_backward", silu_backward)(dy, self.x, self.s)
