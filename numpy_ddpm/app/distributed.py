@@ -206,12 +206,18 @@ def end(message, code):
     sys.exit(code)
 
 
+ABORT_GRACE_S = 0.5     # seconds between a failing rank's traceback and its abort of the job
+
+
 def end_on_bug():
     """An unexpected exception on a rank under MPI: its traceback, then abort every rank (the
     others may be waiting for it in a collective). One process: re-raise it as usual."""
     world = _world
     if world is None or world.size == 1:
         raise
-    traceback.print_exc()
-    print(f"rank {world.rank} failed: aborting every rank", file=sys.stderr, flush=True)
+    # one write, then a moment for mpiexec to pass it on: an abort right after it could cut the
+    # traceback short in mpiexec's forwarding (seen: its first line alone)
+    sys.stderr.write(f"{traceback.format_exc()}rank {world.rank} failed: aborting every rank\n")
+    sys.stderr.flush()
+    time.sleep(ABORT_GRACE_S)
     world.comm.Abort(1)
