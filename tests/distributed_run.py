@@ -16,13 +16,16 @@ sys.path.insert(0, ROOT)
 from numpy_ddpm import backend, data  # noqa: E402
 from numpy_ddpm.app import cli, distributed  # noqa: E402
 from numpy_ddpm.app import train as training  # noqa: E402
-from numpy_ddpm.models import convnet, mlp  # noqa: E402
+from numpy_ddpm.models import convnet, mlp, unet  # noqa: E402
 from numpy_ddpm.schedule import Schedule  # noqa: E402
 
 # (model, data, batch size): over two ranks, batches of 25 split 13 + 12, of 15 split 8 + 7
 RUNS = {
     "mlp": (lambda: mlp(2, hidden=32, seed=4), lambda: data.toy("spiral", 250, seed=4), 25),
     "conv": (lambda: convnet(1, width=4, kernel_size=3, seed=4), lambda: data.images("digits", 60), 15),
+    # dropout 0.3: each rank's masks must be its rows of the masks one process draws
+    "unet": (lambda: unet(base=8, multipliers=(1, 2), groups=2, image_size=8, attention=(), dropout=0.3, seed=4),
+             lambda: data.images("digits", 60), 15),
 }
 
 
@@ -61,6 +64,7 @@ def main():
 
     failing_step.calls = 0
     training.train_step = failing_step
+    training.SAVE_EVERY = 0.0       # a checkpoint at every epoch's end, as the tests of a failing rank count on
     train(args.model, args.steps, args.checkpoint, args.resume, comm)
 
 

@@ -156,7 +156,7 @@ def test_nccl_path_reduces_the_flat_device_buffer_in_place(monkeypatch):
 # Under mpiexec ---------------------------------------------------------------------------------
 
 @needs_mpi
-@pytest.mark.parametrize("model,steps", [("mlp", 200), ("conv", 12)])
+@pytest.mark.parametrize("model,steps", [("mlp", 200), ("conv", 12), ("unet", 6)])
 def test_two_processes_follow_one(tmp_path, model, steps):
     one = run_here(model, steps, str(tmp_path / "one.npz"))
     two = run_ranks(2, model, steps, str(tmp_path / "two.npz"))

@@ -46,6 +46,20 @@ def draw_timesteps(rng, T, n, power=1.0):
     return (T * rng.random(n) ** power).astype(backend.xp.int64)
 
 
+class BatchRows:
+    """A rank's rows of what `rng` draws for the whole batch of N: random(shape) draws
+    (N,) + shape[1:] and returns `rows` of it. The model's own draws (the U-Net's dropout masks)
+    on each rank of a distributed step are then the rows of those one process draws, so P ranks
+    train as one does (each draws all N rows: dropout's numbers are cheap beside the network)."""
+
+    def __init__(self, rng, rows, N):
+        self.rng, self.rows, self.N = rng, rows, N
+
+    def random(self, shape, dtype=None):
+        full_shape = (self.N,) + tuple(shape[1:])
+        return (self.rng.random(full_shape) if dtype is None else self.rng.random(full_shape, dtype=dtype))[self.rows]
+
+
 def train_step(model, optimizer, x0, schedule, rng, ema=None, labels=None, cond_drop=0.1, comm=None,
                t_power=1.0):
     """Algorithm 1, one iteration on a batch x0 (standardised), with Adam (and the EMA).
@@ -74,7 +88,8 @@ def train_step(model, optimizer, x0, schedule, rng, ema=None, labels=None, cond_
     #    the gradients makes it the whole batch's gradient on every rank (distributed.py)
     mine = slice(None) if comm is None else comm.part(x0.shape[0])
     labels = None if labels is None else labels[mine]
-    loss = loss_and_backward(model, x0[mine], t[mine], eps[mine], schedule, labels, rng)
+    draws = rng if comm is None else BatchRows(rng, mine, x0.shape[0])     # dropout's masks: this rank's rows
+    loss = loss_and_backward(model, x0[mine], t[mine], eps[mine], schedule, labels, draws)
     if comm is not None:
         loss = comm.sum_gradients(model.flat_grads, loss, x0.shape[0])
     optimizer.step()
