@@ -127,7 +127,7 @@ def dpm_solver_update(xs, eps_hat, s, t, before, schedule):
 
 
 # SiLU, as activations.silu_forward and silu_backward: s = sigmoid(x), y = x s in one pass;
-# dx = dy (s + x s (1 - s)) in another. exp(-x) overflows to inf below x = -88 in float32, and
+# dx = dy (s + y (1 - s)) in another. exp(-x) overflows to inf below x = -88 in float32, and
 # 1 / (1 + inf) = 0 is the correctly rounded sigmoid there, as in the reference.
 _silu_forward = cupy.ElementwiseKernel(
     "T x", "T y, T s",
@@ -138,8 +138,8 @@ _silu_forward = cupy.ElementwiseKernel(
     "numpy_ddpm_silu_forward")
 
 _silu_backward = cupy.ElementwiseKernel(
-    "T dy, T x, T s", "T dx",
-    "dx = dy * (s + x * s * (1 - s));",
+    "T dy, T y, T s", "T dx",
+    "dx = dy * (s + y * (1 - s));",
     "numpy_ddpm_silu_backward")
 
 
@@ -147,8 +147,8 @@ def silu_forward(x):
     return _silu_forward(x)
 
 
-def silu_backward(dy, x, s):
-    return _silu_backward(dy, x, s)
+def silu_backward(dy, y, s):
+    return _silu_backward(dy, y, s)
 
 
 # name -> (fused kernel, the reference it must match)

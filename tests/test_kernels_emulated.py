@@ -171,8 +171,8 @@ def test_silu_kernels(kernels):
     for a, b in zip(fused, reference):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert fused[0].flat[0] == 0 and fused[0].flat[3] == 1000
-    np.testing.assert_allclose(kernels.silu_backward(dy, x, reference[1]),
-                               activations.silu_backward(dy, x, reference[1]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(kernels.silu_backward(dy, *reference), activations.silu_backward(dy, *reference),
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_unet_step_through_the_emulated_silu(kernels, monkeypatch):

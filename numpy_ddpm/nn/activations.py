@@ -26,20 +26,23 @@ def silu_forward(x):
     return x * s, s
 
 
-def silu_backward(dy, x, s):
-    """dL/dx from dL/dy, x and s = sigmoid(x): d/dx x s(x) = s + x s', with s' = s (1 - s)."""
-    return dy * (s + x * s * (1 - s))
+def silu_backward(dy, y, s):
+    """dL/dx from dL/dy, y = x s and s = sigmoid(x): d/dx x s(x) = s + x s', with s' = s (1 - s),
+    and x s = y, so dy/dx = s + y (1 - s)."""
+    return dy * (s + y * (1 - s))
 
 
 class SiLU(Module):
-    """y = x sigmoid(x) (Elfwing et al., 2018; "swish"), any shape. On cupy each pass is one
-    fused kernel (cupy_backend/kernels.py), checked against silu_forward and silu_backward."""
+    """y = x sigmoid(x) (Elfwing et al., 2018; "swish"), any shape. The backward needs s and
+    y, not x: y is the next layer's input, which a convolution keeps anyway, so x is freed (as
+    many bytes a block as the activation). On cupy each pass is one fused kernel
+    (cupy_backend/kernels.py), checked against silu_forward and silu_backward."""
 
     def forward(self, x):
         y, s = backend.fused("silu_forward", silu_forward)(x)
         if self.training:                   # sampling keeps nothing for a backward pass
-            self.x, self.s = x, s
+            self.y, self.s = y, s
         return y
 
     def backward(self, dy):
-        return backend.fused("silu_backward", silu_backward)(dy, self.x, self.s)
+        return backend.fused("silu_backward", silu_backward)(dy, self.y, self.s)
