@@ -96,6 +96,25 @@ def test_agrees_with_im2col_in_float64(float64, N, C, O, H, W, K, P):
     np.testing.assert_allclose(to_np(fast.dw), to_np(reference.dw), rtol=1e-10, atol=1e-11)
 
 
+@pytest.mark.parametrize("slices", [1, 2, 5])
+def test_sampling_works_through_the_batch_in_slices(float64, monkeypatch, slices):
+    """In evaluation mode the batch goes through in slices whose tiles fit max_tile_bytes
+    (5 images as 5 slices of 1, 3 + 2, or whole), each written into its rows of the output:
+    the same outputs as im2col's, and in the batch-last memory order Winograd hands on."""
+    rng = np.random.default_rng(3)
+    N, C, O, H, W, K, P = 5, 3, 4, 9, 7, 3, 1
+    reference, fast = pair(C, O, K, P)
+    reference.train(False)
+    fast.train(False)
+    per_image = 6 ** 2 * max(C, O) * 3 * 2 * 8                  # alpha^2 max(C, O) TH TW bytes, float64
+    monkeypatch.setattr(winograd.WinogradConvolution, "max_tile_bytes", per_image * -(-N // slices))
+    x = backend.asarray(rng.standard_normal((N, C, H, W)))
+    y = fast.forward(x)
+    np.testing.assert_allclose(to_np(y), to_np(reference.forward(x)), rtol=1e-10, atol=1e-12)
+    assert y.strides[0] == y.itemsize                            # the batch innermost, as unsliced
+    assert fast.x is None and fast.used.V is None                # nothing kept for a backward pass
+
+
 @pytest.mark.parametrize("N,C,O,H,W,K,P", SHAPES[:7])
 @pytest.mark.parametrize("kept", [True, False])
 def test_winograd_gradients(float64, N, C, O, H, W, K, P, kept):
