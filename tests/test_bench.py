@@ -1,6 +1,6 @@
 """The benchmark scripts: bench.py --quick runs and prints its table (a smoke test: no timing is
 asserted); recipes.py and recipe_noise.py tabulate, redraw and judge what they should;
-toy_process.py finds the demo's phases."""
+toy_process.py finds the demo's phases; ddim_steps.py scores image checkpoints."""
 
 import json
 import os
@@ -104,3 +104,28 @@ def test_toy_process_times_the_demos_phases(tmp_path, monkeypatch):
         assert sum(s for name, s in parts.items() if name != "total") <= parts["total"]
     assert (tmp_path / "with bound" / "bound.png").exists() and not (tmp_path / "without" / "bound.png").exists()
     assert toy_process.machine()["blas"], "threadpoolctl names no BLAS"
+
+
+def test_ddim_steps_scores_an_image_checkpoint_by_fd_over_floor(tmp_path, monkeypatch):
+    """An image checkpoint (digits) is sampled at the digits' shape and scored by
+    quality.report's FD over floor; every sampler gives a row."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import ddim_steps
+
+    from numpy_ddpm.models import convnet
+    from numpy_ddpm.nn import checkpoint
+    model = convnet(1, width=4, kernel_size=3, seed=0)
+    params = model.flat_params.copy()
+    path = str(tmp_path / "checkpoint.npz")
+    checkpoint.save(path, {"params": params, "ema": params},
+                    {"model": model.description, "data": "digits", "mean": 0.3, "std": 0.4})
+    scored = []
+
+    def report(samples, name):
+        scored.append((samples.shape, name))
+        return {"fd": 3.0, "floor": 1.5}
+    monkeypatch.setattr(ddim_steps.quality, "report", report)
+    rows = ddim_steps.measure(path, 6, [2], [0.0], [0], dpm_steps=[3], dpm_orders=[2])
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("DDPM", 1000), ("DDIM eta=0", 2), ("DPM-Solver++ 2M", 3)]
+    assert all(r["ratio"] == 2.0 and r["data"] == "digits" for r in rows)
+    assert scored == [((6, 1, 8, 8), "digits")] * 3
