@@ -270,13 +270,13 @@ def convolve_in_chunks(x, U, P, t, buffers, max_tile_bytes):
     n = max(1, min(N, max_tile_bytes // per_image))
     if n == N:
         return convolve(x, U, P, t, buffers)[0]
-    m = t.m
-    y = backend.xp.empty((U.shape[2], TH, m, TW, m, N), dtype=x.dtype)
+    O, m = U.shape[2], t.m
+    y = backend.xp.empty((O, TH, m, TW, m, N), dtype=x.dtype)
     for n0 in range(0, N, n):
-        V = input_transform(x[n0:n0 + n], P, t, OH, OW, buffers)
-        output_transform(tile_products(U, V, buffers), t, V.shape[-1] // (TH * TW), OH, OW, buffers,
-                         out=y[..., n0:n0 + n])
-    return y.reshape(U.shape[2], TH * m, TW * m, N)[:, :OH, :OW].transpose(3, 0, 1, 2)
+        piece = x[n0:n0 + n]
+        V = input_transform(piece, P, t, OH, OW, buffers)
+        output_transform(tile_products(U, V, buffers), t, len(piece), OH, OW, buffers, out=y[..., n0:n0 + n])
+    return y.reshape(O, TH * m, TW * m, N)[:, :OH, :OW].transpose(3, 0, 1, 2)
 
 
 # The layer's algorithm -----------------------------------------------------------------------
