@@ -209,8 +209,8 @@ class Trainer:
         so a resumed run draws what an uninterrupted one would have. The checkpoint (and the
         loss log) is written at the end, and at the end of an epoch when SAVE_EVERY seconds have
         passed since the last (the toy recipe's 0.2 s epochs would spend 3% of training on it);
-        Ctrl-C saves one and raises TrainingStopped. `labels` (N,), a backend integer array, gives the class of
-        each row to a conditional model."""
+        Ctrl-C saves one and raises TrainingStopped. `labels` (N,), a backend integer array,
+        gives the class of each row to a conditional model."""
         config, N = self.config, x_train.shape[0]
         steps_per_epoch = math.ceil(N / config.batch_size)
         total = config.nb_epochs * steps_per_epoch if max_steps is None else max_steps

@@ -50,7 +50,8 @@ CHUNK_ENTRIES = 2 ** 16
 def chunk_rows(shape):
     """How many rows of x of `shape` the model sees at once while sampling: CHUNK_ENTRIES
     entries' worth. Images are chunked (a 28x28 U-Net at 1000 images would hold gigabytes of
-    im2col columns and run out of the caches), points never (2^18 of them in 2-D)."""
+    im2col columns and run out of the caches); 2-D points only past 32,768 of them (the toy
+    demos draw 5000: one pass)."""
     return max(1, CHUNK_ENTRIES // math.prod(shape[1:]))
 
 
