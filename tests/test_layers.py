@@ -56,6 +56,7 @@ def test_dropout(float64):
     layer = Dropout(0.3, FixedDraws(u))
     x = randn(rng, 6, 9)
     np.testing.assert_allclose(to_np(layer.forward(x)), to_np(x) * (to_np(u) >= 0.3) / 0.7)
+    assert layer.mask.dtype == bool                             # a byte an element is kept, not a float
     assert_all_checked(gradcheck.check(layer, x, rng=rng), layer)
     layer.training = False
     assert layer.forward(x) is x

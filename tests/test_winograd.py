@@ -126,6 +126,8 @@ def test_winograd_gradients(float64, N, C, O, H, W, K, P, kept):
     errors = gradcheck.check(layer, backend.asarray(rng.standard_normal((N, C, H, W))), rng=rng)
     assert set(errors) == {"x", "weight", "bias"}
     assert max(errors.values()) < 1e-6, errors
+    layer.forward(backend.asarray(rng.standard_normal((N, C, H, W))))
+    assert (layer.x is None) == kept and (layer.used.V is None) != kept     # x or its tiles, never both
 
 
 def test_small_convnet_gradients(float64):

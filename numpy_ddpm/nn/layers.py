@@ -57,9 +57,10 @@ class ReLU(Module):
 class Dropout(Module):
     """Inverted dropout (Srivastava et al., 2014), any shape: while training,
 
-        y = x * mask,   mask = keep / (1 - p),   keep ~ Bernoulli(1 - p) for each element,
+        y = x * keep / (1 - p),   keep ~ Bernoulli(1 - p) for each element,
 
-    so E[y] = x and evaluation (`train(False)`) is the identity. A fresh mask is drawn at every
+    so E[y] = x and evaluation (`train(False)`) is the identity. The mask is kept for backward
+    as booleans (a byte an element, not a float's four). A fresh mask is drawn at every
     forward pass from a generator of the backend (backend.default_rng): the `rng` given to
     forward (a training step's own generator, so that a resumed run draws the same masks), else
     the one given at construction.
@@ -77,14 +78,17 @@ class Dropout(Module):
         rng = rng if rng is not None else self.rng
         if rng is None:
             raise ValueError("dropout while training needs a generator: pass rng to forward or to Dropout")
-        keep = rng.random(x.shape, dtype=x.dtype) >= self.p
-        self.mask = keep.astype(x.dtype) / (1 - self.p)
-        return x * self.mask
+        self.mask = rng.random(x.shape, dtype=x.dtype) >= self.p          # keep, booleans
+        y = x * self.mask
+        y *= 1 / (1 - self.p)
+        return y
 
     def backward(self, dy):
         if self.mask is None:
             return dy
-        return dy * self.mask               # dy/dx = mask: the dropped elements pass no gradient
+        dx = dy * self.mask                 # dy/dx = keep / (1 - p): the dropped elements pass no gradient
+        dx *= 1 / (1 - self.p)
+        return dx
 
 
 class Flatten(Module):

@@ -284,8 +284,9 @@ def convolve_in_chunks(x, U, P, t, buffers, max_tile_bytes):
 class WinogradConvolution:
     """Conv2d's forward and backward by Winograd's F(4x4, r x r) (r = 3 or 5).
 
-    While training, the transformed input tiles V (4 times the input: 20 MB a layer at 28x28,
-    batch 25) are kept for the weight gradient up to `max_kept_bytes`, else rebuilt there.
+    While training, the transformed input tiles V (2.25 times the input at 28x28, 6x6 tiles for
+    4x4 outputs) are kept for the weight gradient up to `max_kept_bytes`; past it, x is kept
+    instead and V rebuilt from it there. Never both: x is needed only for that.
     While sampling, the batch goes through in slices whose tiles stay under `max_tile_bytes`
     (convolve_in_chunks): the U-Net's forward pass of 256 images at 28x28 peaked at 1156 MiB
     whole and 793 MiB in slices of 16 MB, at the same speed."""
@@ -309,7 +310,7 @@ class WinogradConvolution:
         kept = layer.buffers.get("V", (t.alpha, t.alpha, C * TH * TW * N), x.dtype) if keep else None
         y, V = convolve(x, U, layer.P, t, layer.work_buffers, kept)
         y += layer.b.reshape(1, -1, 1, 1)
-        layer.x = x if layer.training else None          # sampling keeps nothing for a backward pass
+        layer.x = None if keep else x                    # backward needs x only to rebuild V
         self.V = V if keep else None
         return y
 
