@@ -126,29 +126,30 @@ def dpm_solver_update(xs, eps_hat, s, t, before, schedule):
     return _dpm_solver_update(xs, eps_hat, *earlier, T(alpha_s), T(sigma_s), T(a), *(T(b_i) for b_i in b))
 
 
-# SiLU, as activations.silu_forward and silu_backward: s = sigmoid(x), y = x s in one pass;
-# dx = dy (s + y (1 - s)) in another. exp(-x) overflows to inf below x = -88 in float32, and
-# 1 / (1 + inf) = 0 is the correctly rounded sigmoid there, as in the reference.
+# SiLU, as activations.silu_forward and silu_and_slope: s = sigmoid(x), y = x s, and while
+# training the slope s + y (1 - s) (s held in slope until then), in one pass. exp(-x) overflows to inf below x = -88 in
+# float32, and 1 / (1 + inf) = 0 is the correctly rounded sigmoid there, as in the reference.
 _silu_forward = cupy.ElementwiseKernel(
-    "T x", "T y, T s",
-    """
-    s = 1 / (1 + exp(-x));
-    y = x * s;
-    """,
+    "T x", "T y",
+    "y = x * (1 / (1 + exp(-x)));",
     "numpy_ddpm_silu_forward")
 
-_silu_backward = cupy.ElementwiseKernel(
-    "T dy, T y, T s", "T dx",
-    "dx = dy * (s + y * (1 - s));",
-    "numpy_ddpm_silu_backward")
+_silu_and_slope = cupy.ElementwiseKernel(
+    "T x", "T y, T slope",
+    """
+    slope = 1 / (1 + exp(-x));
+    y = x * slope;
+    slope = slope + y * (1 - slope);
+    """,
+    "numpy_ddpm_silu_and_slope")
 
 
 def silu_forward(x):
     return _silu_forward(x)
 
 
-def silu_backward(dy, y, s):
-    return _silu_backward(dy, y, s)
+def silu_and_slope(x):
+    return _silu_and_slope(x)
 
 
 # name -> (fused kernel, the reference it must match)
@@ -160,6 +161,6 @@ REFERENCES = {
     "ddim_step": (ddim_step, ddim.ddim_step),
     "dpm_solver_update": (dpm_solver_update, dpm_solver.dpm_solver_update),
     "silu_forward": (silu_forward, activations.silu_forward),
-    "silu_backward": (silu_backward, activations.silu_backward),
+    "silu_and_slope": (silu_and_slope, activations.silu_and_slope),
 }
 REGISTRY = {name: fused for name, (fused, _) in REFERENCES.items()}

@@ -59,7 +59,7 @@ def test_every_fused_kernel_has_its_reference(kernels):
     assert kernels.REFERENCES["ddim_step"][1] is diffusion.ddim_step
     assert kernels.REFERENCES["dpm_solver_update"][1] is dpm_solver.dpm_solver_update
     assert kernels.REFERENCES["silu_forward"][1] is activations.silu_forward
-    assert kernels.REFERENCES["silu_backward"][1] is activations.silu_backward
+    assert kernels.REFERENCES["silu_and_slope"][1] is activations.silu_and_slope
     assert set(kernels.REGISTRY) == set(kernels.REFERENCES)
 
 
@@ -161,18 +161,18 @@ def test_dpm_solver_generate_through_the_emulated_kernels(kernels, monkeypatch):
 
 
 def test_silu_kernels(kernels):
-    """One pass each way, as the references, down to the overflow of exp(-x) (x = -1000: 0)."""
+    """One pass each, as the references, down to the overflow of exp(-x) (x = -1000: 0)."""
     rng = np.random.default_rng(6)
-    x, dy = arrays(rng, 4, 8, 5, 5, n=2)
+    x, = arrays(rng, 4, 8, 5, 5, n=1)
     x.flat[:4] = [-1000, -90, 90, 1000]
     with np.errstate(over="ignore"):                  # the emulator's numpy exp; CUDA's never warns
-        fused = kernels.silu_forward(x)
-        reference = activations.silu_forward(x)
-    for a, b in zip(fused, reference):
+        fused, reference = kernels.silu_forward(x), activations.silu_forward(x)
+        fused_pair, reference_pair = kernels.silu_and_slope(x), activations.silu_and_slope(x)
+    for a, b in zip((fused, *fused_pair), (reference, *reference_pair)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert fused[0].flat[0] == 0 and fused[0].flat[3] == 1000
-    np.testing.assert_allclose(kernels.silu_backward(dy, *reference), activations.silu_backward(dy, *reference),
-                               rtol=1e-6, atol=1e-7)
+        assert np.all(np.isfinite(a))
+    assert fused.flat[0] == 0 and fused.flat[3] == 1000 and fused_pair[0].flat[3] == 1000
+    assert fused_pair[1].flat[0] == 0 and fused_pair[1].flat[3] == 1       # the slope far out: 0 and 1
 
 
 def test_unet_step_through_the_emulated_silu(kernels, monkeypatch):
@@ -195,8 +195,8 @@ def test_unet_step_through_the_emulated_silu(kernels, monkeypatch):
             calls.append(name)
             return kernels.REGISTRY[name](*args)
         return kernel
-    monkeypatch.setattr(backend, "_fused_kernels", {name: counted(name) for name in ("silu_forward", "silu_backward")})
+    monkeypatch.setattr(backend, "_fused_kernels", {name: counted(name) for name in ("silu_forward", "silu_and_slope")})
     fused = step()
-    assert set(calls) == {"silu_forward", "silu_backward"}
+    assert set(calls) == {"silu_and_slope"}                 # training: the forward with its slope
     assert fused[0] == pytest.approx(plain[0], rel=1e-5)
     np.testing.assert_allclose(fused[1], plain[1], rtol=1e-3, atol=1e-5)

@@ -21,28 +21,33 @@ def sigmoid(x):
 
 
 def silu_forward(x):
-    """(y, s): y = x sigmoid(x), and s = sigmoid(x), which the backward reuses."""
+    """y = x sigmoid(x): sampling's SiLU, which keeps nothing for a backward pass."""
+    return x * sigmoid(x)
+
+
+def silu_and_slope(x):
+    """(y, dy/dx): y = x s with s = sigmoid(x), and its slope d/dx x s(x) = s + x s', with
+    s' = s (1 - s) and x s = y, so dy/dx = s + y (1 - s), evaluated here while s is at hand."""
     s = sigmoid(x)
-    return x * s, s
-
-
-def silu_backward(dy, y, s):
-    """dL/dx from dL/dy, y = x s and s = sigmoid(x): d/dx x s(x) = s + x s', with s' = s (1 - s),
-    and x s = y, so dy/dx = s + y (1 - s)."""
-    return dy * (s + y * (1 - s))
+    y = x * s
+    slope = 1 - s
+    slope *= y
+    slope += s
+    return y, slope
 
 
 class SiLU(Module):
-    """y = x sigmoid(x) (Elfwing et al., 2018; "swish"), any shape. The backward needs s and
-    y, not x: y is the next layer's input, which a convolution keeps anyway, so x is freed (as
-    many bytes a block as the activation). On cupy each pass is one fused kernel
-    (cupy_backend/kernels.py), checked against silu_forward and silu_backward."""
+    """y = x sigmoid(x) (Elfwing et al., 2018; "swish"), any shape. While training, the forward
+    pass also evaluates the slope dy/dx, and the backward is dx = dy * slope: one array kept (not
+    x, nor y and s), and the passes that would compute the slope from them in the backward are
+    made in the forward instead. On cupy each forward is one fused kernel (cupy_backend/kernels.py),
+    checked against silu_forward and silu_and_slope."""
 
     def forward(self, x):
-        y, s = backend.fused("silu_forward", silu_forward)(x)
-        if self.training:                   # sampling keeps nothing for a backward pass
-            self.y, self.s = y, s
+        if not self.training:               # sampling keeps nothing for a backward pass
+            return backend.fused("silu_forward", silu_forward)(x)
+        y, self.slope = backend.fused("silu_and_slope", silu_and_slope)(x)
         return y
 
     def backward(self, dy):
-        return backend.fused("silu_backward", silu_backward)(dy, self.y, self.s)
+        return dy * self.slope
