@@ -70,15 +70,37 @@ def test_mnist_from_its_test_split_alone(tmp_path):
     assert np.load(os.path.join(out, "samples.npy")).shape == (1, 1, 28, 28)
 
 
-def test_the_fast_recipe_is_per_data_set_and_model():
+def load_demo():
     import importlib.util
     spec = importlib.util.spec_from_file_location("mnist_demo", os.path.join(ROOT, "demos", "mnist.py"))
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+def test_the_fast_recipe_is_per_data_set_and_model():
+    demo = load_demo()
 
     class Args:
         def __init__(self, data, model):
-            self.data, self.model = data, model
+            self.data, self.model, self.given = data, model, ()
     assert demo.fast(Args("digits", "lecture"))["learning_rate"] == 3e-3             # today's recipe
     assert demo.fast(Args("mnist", "lecture"))["learning_rate"] == 5e-4     # 3e-3 collapses it, 1e-3 diverged
     assert demo.fast(Args("mnist", "unet")) is demo.FAST_UNET
+
+
+def test_the_unet_recipe_is_guided_unless_told_otherwise():
+    from numpy_ddpm.app import cli
+    demo = load_demo()
+
+    def parse(*flags):
+        return cli.parse(demo.build_parser(), ["--model", "unet", "--recipe", "fast", *flags])
+    args = parse()
+    assert args.conditional and args.guidance == 2 and args.nb_epochs == 5
+    args = parse("--guidance", "1.5")                                   # an explicit flag wins
+    assert args.conditional and args.guidance == 1.5
+    args = parse("--no-conditional")                                    # unconditional: no guidance either
+    assert not args.conditional and args.guidance == 1 and args.nb_epochs == 5
+    cli.check_sampling(args, 1000)                                      # a consistent set of flags
+    lecture = cli.parse(demo.build_parser(), ["--model", "lecture", "--recipe", "fast"])
+    assert not lecture.conditional and lecture.guidance == 1

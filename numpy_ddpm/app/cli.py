@@ -68,8 +68,9 @@ def common_parser(description, recipes=None, **defaults):
     sampling.add_argument("--spacing", choices=["trailing", "leading", "linspace"], default="trailing",
                           help="DDIM and DPM-Solver++ step indices, diffusers' rules (linspace: dpm++)")
     guidance = parser.add_argument_group("classifier-free guidance (Ho & Salimans 2022)")
-    guidance.add_argument("--conditional", action="store_true",
-                          help="train a class-conditional model (on a data set with classes)")
+    guidance.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=False,
+                          help="train a class-conditional model (on a data set with classes); "
+                               "--no-conditional: an unconditional one where a recipe sets --conditional")
     guidance.add_argument("--guidance", type=float, default=1.0,
                           help="guidance scale s: 0 unconditional, 1 conditional, more: further from the other classes")
     parser.add_argument("--distributed", action="store_true",
