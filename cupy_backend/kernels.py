@@ -127,8 +127,9 @@ def dpm_solver_update(xs, eps_hat, s, t, before, schedule):
 
 
 # SiLU, as activations.silu_forward and silu_and_slope: s = sigmoid(x), y = x s, and while
-# training the slope s + y (1 - s) (s held in slope until then), in one pass. exp(-x) overflows to inf below x = -88 in
-# float32, and 1 / (1 + inf) = 0 is the correctly rounded sigmoid there, as in the reference.
+# training the slope s + y (1 - s) (s held in slope until then), in one pass. exp(-x) overflows
+# to inf below x = -88 in float32, and 1 / (1 + inf) = 0 is the correctly rounded sigmoid there,
+# as in the reference.
 _silu_forward = cupy.ElementwiseKernel(
     "T x", "T y",
     "y = x * (1 / (1 + exp(-x)));",

@@ -291,8 +291,9 @@ class WinogradConvolution:
     (convolve_in_chunks): the U-Net's forward pass of 256 images at 28x28 peaked at 1156 MiB
     whole and 793 MiB in slices of 16 MB, at the same speed."""
 
-    # 16 MB: the U-Net's step at batch 32 keeps every layer's V; at batch 64 the layers whose V passes 16 MB are
-    # rebuilt, 950 MiB peak against 982 at 32 MB, at a speed the bench cannot tell apart
+    # 16 MB: the U-Net's step at batch 32 keeps every layer's V; at batch 64 the layers whose V
+    # passes 16 MB rebuild it, 950 MiB peak against 982 at 32 MB, at a speed the bench cannot tell
+    # apart (benchmarks/README.md)
     max_kept_bytes = 16 * 2**20
     max_tile_bytes = 16 * 2**20     # sampling (no backward to come): the batch's slices' tiles, at most
 
