@@ -164,6 +164,24 @@ def test_groupnorm_keeps_the_batch_last_memory_order(float64):
         assert ours.transpose(1, 2, 3, 0).flags.c_contiguous, ours.strides
 
 
+@pytest.mark.parametrize("layout", ["plain", "batch last"])
+def test_sampling_computes_in_place_what_training_computes(layout):
+    """GroupNorm and SiLU work in place while sampling (nothing is kept): the same numbers as in
+    training, bit for bit, the input untouched, the memory order handed on."""
+    rng = np.random.default_rng(9)
+    x = randn(rng, 3, 8, 5, 5)
+    if layout == "batch last":
+        x = backend.xp.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    for layer in (randomise(GroupNorm(4, 8), rng), SiLU()):
+        before = to_np(x).copy()
+        trained = to_np(layer.forward(x))
+        layer.train(False)
+        sampled = layer.forward(x)
+        np.testing.assert_array_equal(to_np(sampled), trained)
+        np.testing.assert_array_equal(to_np(x), before)
+        assert (sampled.transpose(1, 2, 3, 0).flags.c_contiguous) == (layout == "batch last")
+
+
 def test_groupnorm_groups_must_divide_channels():
     with pytest.raises(ValueError, match="3 groups do not divide its 8 channels"):
         GroupNorm(3, 8)

@@ -21,8 +21,11 @@ def sigmoid(x):
 
 
 def silu_forward(x):
-    """y = x sigmoid(x): sampling's SiLU, which keeps nothing for a backward pass."""
-    return x * sigmoid(x)
+    """y = x sigmoid(x): sampling's SiLU, which keeps nothing for a backward pass (y is
+    written over the sigmoid: one array the size of x)."""
+    y = sigmoid(x)
+    y *= x
+    return y
 
 
 def silu_and_slope(x):
