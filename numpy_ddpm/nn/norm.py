@@ -40,12 +40,13 @@ class GroupNorm(Module):
         centred = xg - mean
         var = (centred * centred).mean(axis=-1, keepdims=True)            # (N, G, 1), the second pass
         inv_sigma = 1 / xp.sqrt(var + self.eps)                           # (N, G, 1)
+        centred *= inv_sigma
+        xhat = centred.reshape(x.shape)                                   # the shape of x
         if self.training:                                                 # xhat is kept for backward
-            self.inv_sigma, self.xhat = inv_sigma, (centred * inv_sigma).reshape(x.shape)
-            y = self.xhat * self._per_channel(self.gamma, x.ndim)
+            self.inv_sigma, self.xhat = inv_sigma, xhat
+            y = xhat * self._per_channel(self.gamma, x.ndim)
         else:                                                             # sampling: in place, nothing kept
-            centred *= inv_sigma
-            y = centred.reshape(x.shape)
+            y = xhat
             y *= self._per_channel(self.gamma, x.ndim)
         y += self._per_channel(self.beta, x.ndim)
         return y

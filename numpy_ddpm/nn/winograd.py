@@ -309,7 +309,7 @@ class WinogradConvolution:
         OH, OW = H + 2 * layer.P - t.r + 1, W + 2 * layer.P - t.r + 1
         TH, TW = tiles_count(OH, OW, t.m)
         kept_bytes = t.alpha ** 2 * C * TH * TW * N * x.itemsize
-        keep = layer.training and kept_bytes <= self.max_kept_bytes
+        keep = kept_bytes <= self.max_kept_bytes                 # training: sampling returned above
         kept = layer.buffers.get("V", (t.alpha, t.alpha, C * TH * TW * N), x.dtype) if keep else None
         y, V = convolve(x, U, layer.P, t, layer.work_buffers, kept)
         y += layer.b.reshape(1, -1, 1, 1)
