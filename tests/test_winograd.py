@@ -3,6 +3,7 @@ reference, its hand-written backward passes pass the finite-difference checks, i
 strict (cupy-like) array, and a small conv net trains the same with either algorithm."""
 
 import random
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -113,6 +114,39 @@ def test_sampling_works_through_the_batch_in_slices(float64, monkeypatch, slices
     np.testing.assert_allclose(to_np(y), to_np(reference.forward(x)), rtol=1e-10, atol=1e-12)
     assert y.strides[0] == y.itemsize                            # the batch innermost, as unsliced
     assert fast.x is None and fast.used.V is None                # nothing kept for a backward pass
+
+
+@pytest.mark.parametrize("slices", [1, 2, 5])
+def test_training_without_kept_tiles_works_through_the_batch_in_slices(float64, monkeypatch, slices):
+    """A layer that keeps x and rebuilds V takes the batch in slices in training too, forward and
+    backward (the weight gradient summed over the slices): the outputs and gradients of im2col."""
+    rng = np.random.default_rng(4)
+    N, C, O, H, W, K, P = 5, 3, 4, 9, 7, 3, 1
+    reference, fast = pair(C, O, K, P)
+    fast._winograd.max_kept_bytes = 0
+    per_image = 6 ** 2 * max(C, O) * 3 * 2 * 8                  # alpha^2 max(C, O) TH TW bytes, float64
+    monkeypatch.setattr(winograd.WinogradConvolution, "max_tile_bytes", per_image * -(-N // slices))
+    calls, engine = [], sys.modules[winograd.WinogradConvolution.__module__]     # numpy_ddpm.nn.winograd
+    monkeypatch.setattr(engine, "input_transform", counted(engine.input_transform, calls))
+    x, dy = backend.asarray(rng.standard_normal((N, C, H, W))), backend.asarray(rng.standard_normal((N, O, H, W)))
+    np.testing.assert_allclose(to_np(fast.forward(x)), to_np(reference.forward(x)), rtol=1e-10, atol=1e-12)
+    assert fast.x is x and fast.used.V is None
+    np.testing.assert_allclose(to_np(fast.backward(dy)), to_np(reference.backward(dy)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(to_np(fast.dw), to_np(reference.dw), rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(to_np(fast.db), to_np(reference.db), rtol=1e-12)
+    assert sorted(calls) == sorted([n for n in slice_sizes(N, slices)] * 3)   # forward, V rebuilt, dx
+
+
+def counted(fn, calls):
+    def wrapper(x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return fn(x, *args, **kwargs)
+    return wrapper
+
+
+def slice_sizes(N, slices):
+    n = -(-N // slices)
+    return [min(n, N - n0) for n0 in range(0, N, n)]
 
 
 @pytest.mark.parametrize("N,C,O,H,W,K,P", SHAPES[:7])

@@ -259,24 +259,46 @@ def convolve(x, U, P, t, buffers, kept=None):
     return y.transpose(3, 0, 1, 2), V
 
 
+def slice_size(N, C, O, OH, OW, t, itemsize, max_tile_bytes):
+    """How many images of a batch of N go through at once so that their transformed tiles (of C
+    inputs or O outputs, whichever is more) stay under max_tile_bytes: at least one."""
+    TH, TW = tiles_count(OH, OW, t.m)
+    per_image = t.alpha ** 2 * max(C, O) * TH * TW * itemsize
+    return max(1, min(N, max_tile_bytes // per_image))
+
+
 def convolve_in_chunks(x, U, P, t, buffers, max_tile_bytes):
     """convolve, a slice of the batch at a time, so that the transformed tiles of one slice stay
     under max_tile_bytes: the work arrays stay bounded whatever the batch, and a slice's tiles
     stay in the caches longer. Each slice's outputs go straight into their rows of y."""
     N, C, H, W = x.shape
     OH, OW = H + 2 * P - t.r + 1, W + 2 * P - t.r + 1
-    TH, TW = tiles_count(OH, OW, t.m)
-    per_image = t.alpha ** 2 * max(C, U.shape[2]) * TH * TW * x.itemsize
-    n = max(1, min(N, max_tile_bytes // per_image))
+    O, m = U.shape[2], t.m
+    n = slice_size(N, C, O, OH, OW, t, x.itemsize, max_tile_bytes)
     if n == N:
         return convolve(x, U, P, t, buffers)[0]
-    O, m = U.shape[2], t.m
+    TH, TW = tiles_count(OH, OW, m)
     y = backend.xp.empty((O, TH, m, TW, m, N), dtype=x.dtype)
     for n0 in range(0, N, n):
         piece = x[n0:n0 + n]
         V = input_transform(piece, P, t, OH, OW, buffers)
         output_transform(tile_products(U, V, buffers), t, len(piece), OH, OW, buffers, out=y[..., n0:n0 + n])
     return y.reshape(O, TH * m, TW * m, N)[:, :OH, :OW].transpose(3, 0, 1, 2)
+
+
+def weight_gradient_in_chunks(x, dy, P, t, buffers, max_tile_bytes):
+    """dU = sum over the tiles of dM V^T, V rebuilt from x and dM from dy a slice of the batch
+    at a time (as convolve_in_chunks): x (N, C, H, W), dy (N, O, OH, OW) -> (alpha^2, O, C)."""
+    (N, C), (O, OH, OW), a = x.shape[:2], dy.shape[1:], t.alpha
+    n = slice_size(N, C, O, OH, OW, t, x.itemsize, max_tile_bytes)
+    dU, part = _array(buffers, "U", (a * a, O, C), dy.dtype), _array(buffers, "dU_slice", (a * a, O, C), dy.dtype)
+    dU[...] = 0
+    for n0 in range(0, N, n):
+        V = input_transform(x[n0:n0 + n], P, t, OH, OW, buffers)                 # in "tiles"
+        dM = output_transform_adjoint(dy[n0:n0 + n], t, buffers, "dy_tiles")
+        backend.xp.matmul(dM.reshape(a * a, O, -1), V.reshape(a * a, C, -1).transpose(0, 2, 1), out=part)
+        dU += part
+    return dU
 
 
 # The layer's algorithm -----------------------------------------------------------------------
@@ -287,51 +309,49 @@ class WinogradConvolution:
     While training, the transformed input tiles V (2.25 times the input at 28x28, 6x6 tiles for
     4x4 outputs) are kept for the weight gradient up to `max_kept_bytes`; past it, x is kept
     instead and V rebuilt from it there. Never both: x is needed only for that.
-    While sampling, the batch goes through in slices whose tiles stay under `max_tile_bytes`
-    (convolve_in_chunks): the U-Net's forward pass of 256 images at 28x28 peaked at 1156 MiB
-    whole and 793 MiB in slices of 16 MB, at the same speed."""
+    Whatever keeps no V goes through the batch in slices whose tiles stay under `max_tile_bytes`
+    (convolve_in_chunks, weight_gradient_in_chunks): sampling, and in training the layers that
+    rebuild V, forward and backward, so that the work arrays shared by all the convolutions stay
+    near that size whatever the batch. The U-Net's forward pass of 256 images at 28x28 peaked at
+    1156 MiB whole and 793 MiB in slices of 16 MB, at the same speed; its training step at batch
+    64 at 961 MiB with those layers whole and 879 MiB in slices (the shared work arrays 188 ->
+    107 MiB), at a speed that alternating processes could not tell apart (benchmarks/README.md)."""
 
-    # 16 MB: the U-Net's step at batch 32 keeps every layer's V; at batch 64 the layers whose V
-    # passes 16 MB rebuild it, 950 MiB peak against 982 at 32 MB, at a speed the bench cannot tell
-    # apart (benchmarks/README.md)
+    # 16 MB: the U-Net's step at batch 32 keeps the V of every layer but one (96 channels at
+    # 28x28); at batch 64 the four layers whose V passes 16 MB rebuild it, 950 MiB peak against
+    # 982 at 32 MB, at a speed the bench could not tell apart (benchmarks/README.md)
     max_kept_bytes = 16 * 2**20
-    max_tile_bytes = 16 * 2**20     # sampling (no backward to come): the batch's slices' tiles, at most
+    max_tile_bytes = 16 * 2**20     # the tiles of a slice of the batch, at most, where no V is kept
 
     def forward(self, layer, x):
         t = Transforms.get(layer.KH, x.dtype)
         U = weight_transform(layer.w, t, layer.work_buffers)
-        if not layer.training:
-            layer.x, self.V = None, None                 # sampling keeps nothing for a backward pass
-            y = convolve_in_chunks(x, U, layer.P, t, layer.work_buffers, self.max_tile_bytes)
-            y += layer.b.reshape(1, -1, 1, 1)
-            return y
         N, C, H, W = x.shape
         OH, OW = H + 2 * layer.P - t.r + 1, W + 2 * layer.P - t.r + 1
         TH, TW = tiles_count(OH, OW, t.m)
-        kept_bytes = t.alpha ** 2 * C * TH * TW * N * x.itemsize
-        keep = kept_bytes <= self.max_kept_bytes                 # training: sampling returned above
-        kept = layer.buffers.get("V", (t.alpha, t.alpha, C * TH * TW * N), x.dtype) if keep else None
-        y, V = convolve(x, U, layer.P, t, layer.work_buffers, kept)
+        keep = layer.training and t.alpha ** 2 * C * TH * TW * N * x.itemsize <= self.max_kept_bytes
+        if keep:
+            kept = layer.buffers.get("V", (t.alpha, t.alpha, C * TH * TW * N), x.dtype)
+            y, self.V = convolve(x, U, layer.P, t, layer.work_buffers, kept)
+        else:
+            y, self.V = convolve_in_chunks(x, U, layer.P, t, layer.work_buffers, self.max_tile_bytes), None
         y += layer.b.reshape(1, -1, 1, 1)
-        layer.x = None if keep else x                    # backward needs x only to rebuild V
-        self.V = V if keep else None
+        # backward needs x only to rebuild V; sampling keeps nothing for a backward pass
+        layer.x = x if layer.training and not keep else None
         return y
 
     def backward(self, layer, dy):
         t = Transforms.get(layer.KH, dy.dtype)
-        x, P, r = layer.x, layer.P, t.r
-        buffers = layer.work_buffers
+        P, r, buffers = layer.P, t.r, layer.work_buffers
         layer.db += dy.sum(axis=(0, 2, 3))                                      # dL/db = sum over n, oh, ow
-        # dL/dw: the adjoint of the forward, through the tiles of x
-        OH, OW = dy.shape[2:]
-        V = self.V
-        if V is None:
-            V = input_transform(x, P, t, OH, OW, buffers)                       # in "tiles"
-        # dM goes where V is not: into "tiles" when V was kept, which saves a work array
-        dM = output_transform_adjoint(dy, t, buffers, "dy_tiles" if self.V is None else "tiles")
+        # dL/dw: the adjoint of the forward, through the tiles of x: dU = sum of dM V^T over the tiles
         a, (O, C) = t.alpha, layer.w.shape[:2]
-        dU = _array(buffers, "U", (a * a, O, C), dy.dtype)
-        backend.xp.matmul(dM.reshape(a * a, O, -1), V.reshape(a * a, C, -1).transpose(0, 2, 1), out=dU)
+        if self.V is None:
+            dU = weight_gradient_in_chunks(layer.x, dy, P, t, buffers, self.max_tile_bytes)
+        else:
+            dM = output_transform_adjoint(dy, t, buffers, "tiles")             # where V is not: "tiles"
+            dU = _array(buffers, "U", (a * a, O, C), dy.dtype)
+            backend.xp.matmul(dM.reshape(a * a, O, -1), self.V.reshape(a * a, C, -1).transpose(0, 2, 1), out=dU)
         dw = _array(buffers, "dw", layer.dw.shape, layer.dw.dtype)
         dw[...] = weight_transform_adjoint(dU.reshape(a, a, O, C), t, buffers)   # rounded once, then summed
         layer.dw += dw
@@ -339,5 +359,5 @@ class WinogradConvolution:
         # dL/dx: the convolution of dy with the kernel turned by 180 degrees, channels swapped,
         # padded by r - 1 - P (as in Im2colConvolution.backward)
         w_turned = layer.w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)              # (C, O, r, r)
-        dx, _ = convolve(dy, weight_transform(w_turned, t, buffers), r - 1 - P, t, buffers)
-        return dx
+        return convolve_in_chunks(dy, weight_transform(w_turned, t, buffers), r - 1 - P, t, buffers,
+                                  self.max_tile_bytes)
