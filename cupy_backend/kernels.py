@@ -6,7 +6,7 @@ and cached by cupy after their first compilation.
 import cupy
 
 from numpy_ddpm.diffusion import ddim, dpm_solver, sampling, training
-from numpy_ddpm.nn import activations, optim
+from numpy_ddpm.nn import activations, norm, optim
 
 # Adam, as optim.adam_update:
 #   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
@@ -153,6 +153,32 @@ def silu_and_slope(x):
     return _silu_and_slope(x)
 
 
+# GroupNorm's element-wise end, as norm.scale_shift and scale_shift_in_place, on the
+# (N, G, C/G, H*W) view of the centred input, with inv_sigma (N, G, 1, 1) and gamma, beta
+# (G, C/G, 1) broadcast by cupy: three passes in one.
+_groupnorm_scale_shift = cupy.ElementwiseKernel(
+    "T centred, T inv_sigma, T gamma, T beta", "T xhat, T y",
+    """
+    xhat = centred * inv_sigma;
+    y = xhat * gamma + beta;
+    """,
+    "numpy_ddpm_groupnorm_scale_shift")
+
+_groupnorm_scale_shift_in_place = cupy.ElementwiseKernel(
+    "T inv_sigma, T gamma, T beta", "T centred",
+    "centred = centred * inv_sigma * gamma + beta;",
+    "numpy_ddpm_groupnorm_scale_shift_in_place")
+
+
+def groupnorm_scale_shift(centred, inv_sigma, gamma, beta):
+    return _groupnorm_scale_shift(centred, inv_sigma, gamma, beta)
+
+
+def groupnorm_scale_shift_in_place(centred, inv_sigma, gamma, beta):
+    _groupnorm_scale_shift_in_place(inv_sigma, gamma, beta, centred)
+    return centred
+
+
 # name -> (fused kernel, the reference it must match)
 REFERENCES = {
     "adam_update": (adam_update, optim.adam_update),
@@ -163,5 +189,7 @@ REFERENCES = {
     "dpm_solver_update": (dpm_solver_update, dpm_solver.dpm_solver_update),
     "silu_forward": (silu_forward, activations.silu_forward),
     "silu_and_slope": (silu_and_slope, activations.silu_and_slope),
+    "groupnorm_scale_shift": (groupnorm_scale_shift, norm.scale_shift),
+    "groupnorm_scale_shift_in_place": (groupnorm_scale_shift_in_place, norm.scale_shift_in_place),
 }
 REGISTRY = {name: fused for name, (fused, _) in REFERENCES.items()}

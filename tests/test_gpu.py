@@ -134,6 +134,15 @@ def test_fused_kernels_match_their_references(on):
     for a, b in zip(kernels.silu_and_slope(x), kernels.REFERENCES["silu_and_slope"][1](x)):
         np.testing.assert_allclose(a.get(), b.get(), rtol=1e-6, atol=1e-7)
 
+    centred, = arrays(3, 4, 2, 25)                                 # GroupNorm's (N, G, C/G, H*W) view
+    inv_sigma = xp.abs(arrays(3, 4, 1, 1)[0]) + 0.5
+    gamma, beta = arrays(4, 2, 1, n=2)
+    reference = kernels.REFERENCES["groupnorm_scale_shift"][1](centred.copy(), inv_sigma, gamma, beta)
+    for a, b in zip(kernels.groupnorm_scale_shift(centred, inv_sigma, gamma, beta), reference):
+        np.testing.assert_allclose(a.get(), b.get(), rtol=1e-6, atol=1e-6)
+    written = kernels.groupnorm_scale_shift_in_place(centred.copy(), inv_sigma, gamma, beta)
+    np.testing.assert_allclose(written.get(), reference[1].get(), rtol=1e-6, atol=1e-6)
+
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_generate_agrees(on, fused):

@@ -13,7 +13,7 @@ import pytest
 
 from numpy_ddpm import backend, diffusion, optim
 from numpy_ddpm.diffusion import dpm_solver
-from numpy_ddpm.nn import activations
+from numpy_ddpm.nn import activations, norm
 from numpy_ddpm.schedule import Schedule
 
 
@@ -60,6 +60,8 @@ def test_every_fused_kernel_has_its_reference(kernels):
     assert kernels.REFERENCES["dpm_solver_update"][1] is dpm_solver.dpm_solver_update
     assert kernels.REFERENCES["silu_forward"][1] is activations.silu_forward
     assert kernels.REFERENCES["silu_and_slope"][1] is activations.silu_and_slope
+    assert kernels.REFERENCES["groupnorm_scale_shift"][1] is norm.scale_shift
+    assert kernels.REFERENCES["groupnorm_scale_shift_in_place"][1] is norm.scale_shift_in_place
     assert set(kernels.REGISTRY) == set(kernels.REFERENCES)
 
 
@@ -175,28 +177,58 @@ def test_silu_kernels(kernels):
     assert fused_pair[1].flat[0] == 0 and fused_pair[1].flat[3] == 1       # the slope far out: 0 and 1
 
 
-def test_unet_step_through_the_emulated_silu(kernels, monkeypatch):
-    """A U-Net's loss and gradients with the fused SiLU registered, as backend.use("cupy") does."""
+def test_groupnorm_kernels(kernels):
+    """GroupNorm's element-wise end, broadcast as GroupNorm calls it: (N, G, C/G, H*W) with
+    inv_sigma per group and gamma, beta per channel; the in-place one writes over its input."""
+    rng = np.random.default_rng(8)
+    centred, = arrays(rng, 3, 4, 2, 25, n=1)
+    inv_sigma = abs(arrays(rng, 3, 4, 1, 1)[0]) + 0.5
+    gamma, beta = arrays(rng, 4, 2, 1, n=2)
+    xhat, y = kernels.groupnorm_scale_shift(centred, inv_sigma, gamma, beta)
+    reference = norm.scale_shift(centred.copy(), inv_sigma, gamma, beta)
+    for a, b in zip((xhat, y), reference):
+        assert a.shape == b.shape == centred.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    written = centred.copy()
+    assert kernels.groupnorm_scale_shift_in_place(written, inv_sigma, gamma, beta) is written
+    np.testing.assert_allclose(written, reference[1], rtol=1e-6, atol=1e-7)
+
+
+def counted_kernels(kernels, names, calls):
+    def counted(name):
+        def kernel(*args):
+            calls.append(name)
+            return kernels.REGISTRY[name](*args)
+        return kernel
+    return {name: counted(name) for name in names}
+
+
+FUSED_UNET = ("silu_forward", "silu_and_slope", "groupnorm_scale_shift", "groupnorm_scale_shift_in_place")
+
+
+def test_unet_step_through_the_emulated_kernels(kernels, monkeypatch):
+    """A U-Net's loss and gradients, and a forward pass while sampling, with the fused SiLU and
+    GroupNorm registered, as backend.use("cupy") does."""
     from numpy_ddpm.diffusion import loss_and_backward
     from numpy_ddpm.models import unet
 
     def step():
         model = unet(base=8, groups=2, image_size=8, attention=(), dropout=0.0, seed=3)
         rng = np.random.default_rng(7)
+        for _, param, _ in model.parameters():          # away from the zero-initialised layers' 0
+            param += 0.1 * rng.standard_normal(param.shape).astype(np.float32)
         x0 = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
         loss = loss_and_backward(model, x0, np.array([5, 500, 900]), rng.standard_normal(x0.shape).astype(np.float32),
                                  Schedule())
-        return float(loss), model.flat_grads.copy()
+        model.train(False)
+        eps_hat = model.forward(x0, np.full(3, 0.2, dtype=np.float32))
+        return float(loss), model.flat_grads.copy(), eps_hat
     plain = step()
     calls = []
-
-    def counted(name):
-        def kernel(*args):
-            calls.append(name)
-            return kernels.REGISTRY[name](*args)
-        return kernel
-    monkeypatch.setattr(backend, "_fused_kernels", {name: counted(name) for name in ("silu_forward", "silu_and_slope")})
+    monkeypatch.setattr(backend, "_fused_kernels", counted_kernels(kernels, FUSED_UNET, calls))
     fused = step()
-    assert set(calls) == {"silu_and_slope"}                 # training: the forward with its slope
+    assert set(calls) == set(FUSED_UNET)            # training: with the slope and xhat; sampling: neither
     assert fused[0] == pytest.approx(plain[0], rel=1e-5)
     np.testing.assert_allclose(fused[1], plain[1], rtol=1e-3, atol=1e-5)
+    assert np.abs(plain[2]).max() > 0.1
+    np.testing.assert_allclose(fused[2], plain[2], rtol=1e-4, atol=1e-6)

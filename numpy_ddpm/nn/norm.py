@@ -4,6 +4,25 @@ from .. import backend
 from .module import Module
 
 
+def scale_shift(centred, inv_sigma, gamma, beta):
+    """GroupNorm's element-wise end while training: (xhat, y) with xhat = centred * inv_sigma
+    (scaled in place) and y = xhat * gamma + beta. centred (N, G, C/G, H*W), inv_sigma
+    (N, G, 1, 1), gamma and beta (G, C/G, 1)."""
+    centred *= inv_sigma
+    y = centred * gamma
+    y += beta
+    return centred, y
+
+
+def scale_shift_in_place(centred, inv_sigma, gamma, beta):
+    """GroupNorm's element-wise end while sampling: y = centred * inv_sigma * gamma + beta,
+    written over centred (scale_shift's y, bit for bit; no xhat kept)."""
+    centred *= inv_sigma
+    centred *= gamma
+    centred += beta
+    return centred
+
+
 class GroupNorm(Module):
     """Normalise each sample's channels in G groups, then scale and shift each channel,
     as torch.nn.GroupNorm:
@@ -34,22 +53,22 @@ class GroupNorm(Module):
 
     def forward(self, x):
         xp = backend.xp
-        N = x.shape[0]
-        xg = x.reshape(N, self.G, -1)                                    # (N, G, C/G * H * W): one row per group
+        N, G = x.shape[0], self.G
+        xg = x.reshape(N, G, -1)                                          # (N, G, C/G * H * W): one row per group
         mean = xg.mean(axis=-1, keepdims=True)                            # (N, G, 1)
         centred = xg - mean
         var = (centred * centred).mean(axis=-1, keepdims=True)            # (N, G, 1), the second pass
         inv_sigma = 1 / xp.sqrt(var + self.eps)                           # (N, G, 1)
-        centred *= inv_sigma
-        xhat = centred.reshape(x.shape)                                   # the shape of x
+        # The rest is element-wise, on (N, G, C/G, H*W) views: inv_sigma per group, gamma and beta
+        # per channel, all broadcast (on cupy: one fused kernel)
+        args = (centred.reshape(N, G, self.C // G, -1), inv_sigma.reshape(N, G, 1, 1),
+                self.gamma.reshape(G, -1, 1), self.beta.reshape(G, -1, 1))
         if self.training:                                                 # xhat is kept for backward
-            self.inv_sigma, self.xhat = inv_sigma, xhat
-            y = xhat * self._per_channel(self.gamma, x.ndim)
+            xhat, y = backend.fused("groupnorm_scale_shift", scale_shift)(*args)
+            self.inv_sigma, self.xhat = inv_sigma, xhat.reshape(x.shape)
         else:                                                             # sampling: in place, nothing kept
-            y = xhat
-            y *= self._per_channel(self.gamma, x.ndim)
-        y += self._per_channel(self.beta, x.ndim)
-        return y
+            y = backend.fused("groupnorm_scale_shift_in_place", scale_shift_in_place)(*args)
+        return y.reshape(x.shape)                                         # the shape of x
 
     def backward(self, dy):
         N = dy.shape[0]
