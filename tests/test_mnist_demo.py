@@ -96,9 +96,9 @@ def test_the_unet_recipe_is_guided_unless_told_otherwise():
     def parse(*flags):
         return cli.parse(demo.build_parser(), ["--model", "unet", "--recipe", "fast", *flags])
     args = parse()
-    assert args.conditional and args.guidance == 2 and args.nb_epochs == 5
-    args = parse("--guidance", "1.5")                                   # an explicit flag wins
-    assert args.conditional and args.guidance == 1.5
+    assert args.conditional and args.guidance == 1.5 and args.nb_epochs == 5
+    args = parse("--guidance", "2")                                     # an explicit flag wins
+    assert args.conditional and args.guidance == 2
     args = parse("--no-conditional")                                    # unconditional: no guidance either
     assert not args.conditional and args.guidance == 1 and args.nb_epochs == 5
     cli.check_sampling(args, 1000)                                      # a consistent set of flags
