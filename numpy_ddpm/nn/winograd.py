@@ -248,6 +248,14 @@ def tile_products(U, V, buffers, name="tiles_half"):
     return M.reshape(a, a, O, -1)
 
 
+def tile_products_adjoint(dM, V, out):
+    """dU[a, b] = dM[a, b] V[a, b]^T, tile_products' adjoint in U, into `out` (alpha^2, O, C):
+    dM (alpha, alpha, O, T*N), V (alpha, alpha, C, T*N)."""
+    a2, O, C = out.shape
+    backend.xp.matmul(dM.reshape(a2, O, -1), V.reshape(a2, C, -1).transpose(0, 2, 1), out=out)
+    return out
+
+
 def convolve(x, U, P, t, buffers, kept=None):
     """y = x conv w with U = G w G^T: x (N, C, H, W) -> y (N, O, OH, OW), stored (O, OH, OW, N).
     Returns (y, V); V, the transformed input tiles, is written into `kept` when given."""
@@ -296,8 +304,7 @@ def weight_gradient_in_chunks(x, dy, P, t, buffers, max_tile_bytes):
     for n0 in range(0, N, n):
         V = input_transform(x[n0:n0 + n], P, t, OH, OW, buffers)                 # in "tiles"
         dM = output_transform_adjoint(dy[n0:n0 + n], t, buffers, "dy_tiles")
-        backend.xp.matmul(dM.reshape(a * a, O, -1), V.reshape(a * a, C, -1).transpose(0, 2, 1), out=part)
-        dU += part
+        dU += tile_products_adjoint(dM, V, part)
     return dU
 
 
@@ -350,8 +357,7 @@ class WinogradConvolution:
             dU = weight_gradient_in_chunks(layer.x, dy, P, t, buffers, self.max_tile_bytes)
         else:
             dM = output_transform_adjoint(dy, t, buffers, "tiles")             # where V is not: "tiles"
-            dU = _array(buffers, "U", (a * a, O, C), dy.dtype)
-            backend.xp.matmul(dM.reshape(a * a, O, -1), self.V.reshape(a * a, C, -1).transpose(0, 2, 1), out=dU)
+            dU = tile_products_adjoint(dM, self.V, _array(buffers, "U", (a * a, O, C), dy.dtype))
         dw = _array(buffers, "dw", layer.dw.shape, layer.dw.dtype)
         dw[...] = weight_transform_adjoint(dU.reshape(a, a, O, C), t, buffers)   # rounded once, then summed
         layer.dw += dw
